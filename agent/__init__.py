@@ -1,0 +1,1 @@
+"""edgefleet agent."""

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Makes sure the service binaries the tests start are on this machine; installs them with apt-get when
+# possible, otherwise stops naming the package to install.
+set -euo pipefail
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if ! command -v initdb >/dev/null 2>&1 && [ -z "$pg_bin" ]; then need+=(postgresql); fi
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+echo "installing test services: ${need[*]}" >&2
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  echo "missing: ${need[*]} — install these packages (Debian/Ubuntu: apt-get install ${need[*]})" >&2
+  exit 1
+fi
