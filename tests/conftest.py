@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ("tests.models",)
+pytest_plugins = ("tests.services", "tests.models")
