@@ -87,7 +87,7 @@ class Mosquitto(Service):
         lines = [f"listener {self.port} {HOST}", *self.listener_conf.splitlines(),
                  f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
                  "persistence true", f"persistence_location {self.data_dir}/", "autosave_interval 1",
-                 "log_dest stdout", "log_type all", "log_timestamp_format %H:%M:%S"]
+                 f"log_dest file {self.log_path}", "log_type all", "log_timestamp_format %H:%M:%S"]
         if os.geteuid() == 0:
             lines.append("user root")  # stay root: the data folder lives in a root-only temp tree
         if self.users:
