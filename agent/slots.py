@@ -60,6 +60,8 @@ class SlotStore(Protocol):
 
     def path(self, ref: ModelRef) -> Path: ...
 
+    def file_path(self, sha256: str, file_name: str) -> Path: ...
+
     def adopt(self, sha256: str, file_name: str, staged: Path) -> Path: ...
 
     def current(self) -> ModelRef | None: ...
@@ -92,6 +94,9 @@ class FileSlotStore:
 
     def path(self, ref: ModelRef) -> Path:
         return self._slot_dir(ref.sha256) / ref.file_name
+
+    def file_path(self, sha256: str, file_name: str) -> Path:
+        return self._slot_dir(sha256) / file_name
 
     def adopt(self, sha256: str, file_name: str, staged: Path) -> Path:
         """Move a verified, fsynced staged file into its slot (one rename on the same disk)."""

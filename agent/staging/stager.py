@@ -1,0 +1,277 @@
+"""Stage one signed target into the content-addressed slot store, resumably and within bounds.
+
+    staging/<sha256>.part  ──(length bytes, sha256 matches, fsync)──▶  models/<sha256>/<file>
+
+The signed target is the only authority on length and hash. The stager:
+
+- checks free space (remaining bytes + a reserve) before the first byte is written;
+- resumes from an existing `.part` with `Range`, re-hashing the bytes it already has, and starts
+  over when a server answers 200 instead of 206;
+- reads at most `length + 1` bytes in total, so endless data stops one byte past the signed length;
+- hashes while streaming and writes on a separate thread, so socket, hash and disk overlap (a
+  download-then-hash-then-write loop runs at the sum of the three costs, this at the slowest one);
+- enforces an overall deadline and a minimum average speed after a grace period (slow retrieval);
+- keeps at most one partial file: others are removed before a new download starts.
+
+What it deliberately does not do: choose the variant, trust any size or hash from the URL or the
+server, or log a URL whole (presigned query strings are credentials).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.slots import SlotStore
+from agent.staging.errors import (
+    DiskSpaceError,
+    IntegrityError,
+    SlowRetrievalError,
+    TransferError,
+    UrlExpiredError,
+)
+from agent.staging.sources import Fetcher, FetchStream, TargetLocator, UrlFetcher, redact_url
+from manifests.verify import SignedTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StagingConfig:
+    chunk_bytes: int = 1 << 20
+    buffers: int = 8
+    deadline_s: float = 3600.0
+    min_speed_bytes_per_s: float = 16 * 1024
+    min_speed_grace_s: float = 10.0
+    io_timeout_s: float = 30.0
+    reserve_bytes: int = 64 * 1024 * 1024
+    max_attempts: int = 6
+    max_url_refreshes: int = 3
+    backoff_s: float = 0.2
+    max_backoff_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class StageResult:
+    path: Path
+    bytes_received: int  # bytes read from sources in this call, including any that were thrown away
+    attempts: int
+    resumed_from: int  # bytes of an earlier partial file that were reused
+    already_present: bool = False
+
+
+ProgressHook = Callable[[int, int], None]  # (bytes of the target on disk, signed length)
+
+
+class Stager:
+    def __init__(
+        self,
+        staging_dir: Path,
+        slots: SlotStore,
+        fetcher: Fetcher | None = None,
+        config: StagingConfig | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.staging_dir = staging_dir
+        self.slots = slots
+        self.fetcher = fetcher or UrlFetcher()
+        self.config = config or StagingConfig()
+        self.monotonic = monotonic
+        self.sleep = sleep
+        staging_dir.mkdir(parents=True, exist_ok=True)
+
+    def part_path(self, target: SignedTarget) -> Path:
+        return self.staging_dir / f"{target.sha256}.part"
+
+    def partial_files(self) -> list[Path]:
+        return sorted(self.staging_dir.glob("*.part"))
+
+    def clear(self, keep: SignedTarget | None = None) -> None:
+        """Remove partial files, except the one of `keep` (the download about to resume)."""
+        keep_path = self.part_path(keep) if keep is not None else None
+        for part in self.partial_files():
+            if part != keep_path:
+                part.unlink(missing_ok=True)
+
+    def stage(self, target: SignedTarget, locator: TargetLocator,
+              progress: ProgressHook | None = None) -> StageResult:
+        file_name = target.name.rsplit("/", 1)[-1]
+        if self.slots.has(target.sha256):
+            return StageResult(self.slots.file_path(target.sha256, file_name), 0, 0, 0, already_present=True)
+        self.clear(keep=target)
+        part = self.part_path(target)
+        existing = part.stat().st_size if part.exists() else 0
+        if existing > target.length:
+            part.unlink()
+            existing = 0
+        self._check_space(target.length - existing)
+        cfg = self.config
+        deadline = self.monotonic() + cfg.deadline_s
+        url = locator.url_for(target)
+        refreshes = 0
+        attempts = 0
+        received = 0
+        resumed_from = existing
+        while True:
+            attempts += 1
+            try:
+                received += self._attempt(target, part, url, deadline, progress)
+                break
+            except UrlExpiredError:
+                refreshes += 1
+                if refreshes > cfg.max_url_refreshes:
+                    raise
+                log.info("staging %s: URL expired, asking for a fresh one", target.name)
+                url = locator.url_for(target, fresh=True)
+            except TransferError as e:
+                received += e.bytes_received
+                if e.restart or e.range_not_satisfiable:
+                    part.unlink(missing_ok=True)
+                if attempts >= cfg.max_attempts:
+                    raise
+                if self.monotonic() >= deadline:
+                    raise SlowRetrievalError(f"staging {target.name}: deadline of {cfg.deadline_s} s passed") from e
+                delay = min(cfg.backoff_s * 2 ** (attempts - 1), cfg.max_backoff_s)
+                log.info("staging %s from %s: %s; retry %d in %.1f s", target.name, redact_url(url), e,
+                         attempts, delay)
+                self.sleep(delay)
+        final = self.slots.adopt(target.sha256, file_name, part)
+        return StageResult(final, received, attempts, resumed_from)
+
+    def _check_space(self, needed_bytes: int) -> None:
+        st = os.statvfs(self.staging_dir)
+        free = st.f_bavail * st.f_frsize
+        if free < needed_bytes + self.config.reserve_bytes:
+            raise DiskSpaceError(
+                f"model disk has {free} bytes free; need {needed_bytes} + {self.config.reserve_bytes} reserve")
+
+    def _attempt(self, target: SignedTarget, part: Path, url: str, deadline: float,
+                 progress: ProgressHook | None) -> int:
+        """One request: resume from the partial file, stream the rest, verify. Returns bytes read."""
+        cfg = self.config
+        offset = part.stat().st_size if part.exists() else 0
+        hasher = hashlib.sha256()
+        if offset:
+            with open(part, "rb") as f:
+                while chunk := f.read(cfg.chunk_bytes):
+                    hasher.update(chunk)
+        if offset == target.length:
+            return self._finish(target, part, hasher, 0)
+        stream = self.fetcher.open(url, offset, cfg.io_timeout_s)
+        received = 0
+        try:
+            if stream.start != offset:
+                # The server ignored Range (200): what arrives starts at byte 0.
+                offset = stream.start
+                hasher = hashlib.sha256()
+            if stream.announced_length is not None and stream.start + stream.announced_length > target.length:
+                raise IntegrityError(f"{target.name}: source announces {stream.start + stream.announced_length} "
+                                     f"bytes, signed length is {target.length}")
+            with open(part, "r+b" if part.exists() else "wb", buffering=0) as out:
+                out.truncate(offset)
+                out.seek(offset)
+                received = self._pump(target, stream, out, hasher, offset, deadline, progress)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                part.unlink(missing_ok=True)
+                raise DiskSpaceError(f"model disk filled up while staging {target.name}: {e}") from e
+            raise
+        finally:
+            stream.close()
+        return self._finish(target, part, hasher, received)
+
+    def _finish(self, target: SignedTarget, part: Path, hasher: hashlib._Hash, received: int) -> int:
+        digest = hasher.hexdigest()
+        if digest != target.sha256:
+            part.unlink(missing_ok=True)
+            raise IntegrityError(f"{target.name}: sha256 expected {target.sha256}, got {digest}")
+        return received
+
+    def _pump(self, target: SignedTarget, src: FetchStream, out: io.FileIO, hasher: hashlib._Hash,
+              offset: int, deadline: float, progress: ProgressHook | None) -> int:
+        """Read → hash on this thread, write on a worker thread, through a small pool of buffers."""
+        cfg = self.config
+        free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(cfg.buffers):
+            free.put(bytearray(cfg.chunk_bytes))
+        work: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        failure: list[BaseException] = []
+
+        def writer() -> None:
+            while True:
+                item = work.get()
+                if item is None:
+                    return
+                buf, n = item
+                if not failure:
+                    try:
+                        view = memoryview(buf)[:n]
+                        while view:
+                            written = out.write(view)
+                            view = view[written:]
+                    except BaseException as e:  # handed to the reading thread, which raises it
+                        failure.append(e)
+                free.put(buf)
+
+        thread = threading.Thread(target=writer, name="stager-writer", daemon=True)
+        thread.start()
+        position = offset
+        received = 0
+        started = self.monotonic()
+        try:
+            while True:
+                if failure:
+                    break
+                buf = free.get()
+                # Never ask for more than one byte past the signed length: endless data stops here.
+                want = min(cfg.chunk_bytes, target.length - position + 1)
+                try:
+                    n = src.readinto(memoryview(buf)[:want])
+                except TransferError as e:
+                    free.put(buf)
+                    e.bytes_received = received
+                    raise
+                if n == 0:
+                    free.put(buf)
+                    break
+                if position + n > target.length:
+                    free.put(buf)
+                    raise IntegrityError(f"{target.name}: source sent more than the signed {target.length} bytes")
+                hasher.update(memoryview(buf)[:n])
+                work.put((buf, n))
+                position += n
+                received += n
+                now = self.monotonic()
+                if now > deadline:
+                    raise SlowRetrievalError(f"staging {target.name}: deadline of {cfg.deadline_s} s passed "
+                                             f"at {position} of {target.length} bytes")
+                elapsed = now - started
+                if elapsed > cfg.min_speed_grace_s and received / elapsed < cfg.min_speed_bytes_per_s:
+                    raise SlowRetrievalError(
+                        f"staging {target.name}: {received / elapsed:.0f} B/s is below the minimum "
+                        f"{cfg.min_speed_bytes_per_s:.0f} B/s")
+                if progress is not None:
+                    progress(position, target.length)
+        finally:
+            work.put(None)
+            thread.join()
+        if failure:
+            raise failure[0]
+        if position < target.length:
+            e2 = TransferError(f"{target.name}: connection closed at {position} of {target.length} bytes")
+            e2.bytes_received = received
+            raise e2
+        return received
+
