@@ -8,9 +8,11 @@
 | runtime           | onnxruntime / openvino / tensorrt        | -                 |
 | precision         | fp32 / fp16 / int8                       | -                 |
 | arch, accelerator, runtime_version | optional strings        | -                 |
-| accuracy          | optional number in [0, 1] (build time)   | -                 |
+| accuracy          | optional decimal string in [0, 1], e.g. "0.973100" (build time) | - |
 
-Other keys are allowed (the build pipeline may record more), but must be JSON scalars or flat lists.
+Other keys are allowed (the build pipeline may record more), but must be strings, integers, booleans or
+flat lists of them. TUF signs OLPC canonical JSON, which has no floating-point numbers: that is why the
+accuracy travels as a string (`normalize_custom` converts a float for the writer).
 """
 
 from __future__ import annotations
@@ -51,12 +53,32 @@ def check_custom(name: str, custom: Mapping[str, Any]) -> Mapping[str, Any]:
         if key in custom and not isinstance(custom[key], str):
             raise _refuse(name, f"custom.{key} must be a string, got {custom[key]!r}")
     accuracy = custom.get("accuracy")
-    if accuracy is not None and (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float))
-                                 or not 0.0 <= accuracy <= 1.0):
-        raise _refuse(name, f"custom.accuracy must be a number in [0, 1], got {accuracy!r}")
+    if accuracy is not None and parse_accuracy(accuracy) is None:
+        raise _refuse(name, f"custom.accuracy must be a decimal string in [0, 1], got {accuracy!r}")
     for key, value in custom.items():
-        flat = isinstance(value, (str, int, float, bool)) or value is None or (
-            isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) for v in value))
+        flat = isinstance(value, (str, int, bool)) or value is None or (
+            isinstance(value, list) and all(isinstance(v, (str, int, bool)) for v in value))
         if not flat:
-            raise _refuse(name, f"custom.{key} must be a scalar or a flat list")
+            raise _refuse(name, f"custom.{key} must be a string, integer, boolean or a flat list of them "
+                                "(canonical JSON has no floats)")
     return custom
+
+
+def parse_accuracy(value: object) -> float | None:
+    """The accuracy as a float, or None if it is not a decimal string in [0, 1]."""
+    if not isinstance(value, str) or len(value) > 32:
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if 0.0 <= x <= 1.0 else None
+
+
+def normalize_custom(custom: Mapping[str, Any]) -> dict[str, Any]:
+    """Writer-side: a float accuracy becomes its 6-decimal string; anything else is left to check_custom."""
+    out = dict(custom)
+    accuracy = out.get("accuracy")
+    if isinstance(accuracy, float) or (isinstance(accuracy, int) and not isinstance(accuracy, bool)):
+        out["accuracy"] = f"{float(accuracy):.6f}"
+    return out

@@ -29,7 +29,7 @@ from typing import Any
 
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, Timestamp
 
-from manifests.custom_fields import check_custom
+from manifests.custom_fields import check_custom, normalize_custom
 from manifests.errors import RepositoryWriteError, TrustError
 from manifests.keyring import Keyring
 from manifests.store import ObjectStore
@@ -133,16 +133,16 @@ class ImageRepository:
         current = self.targets()
         added: list[SignedTarget] = []
         for item in items:
+            custom = normalize_custom(item.custom)
             try:
                 validate_target_name(item.name)
-                check_custom(item.name, item.custom)
+                check_custom(item.name, custom)
             except TrustError as e:
                 raise RepositoryWriteError(f"refusing target {item.name!r}: {e.message}") from e
             sha256 = hashlib.sha256(item.data).hexdigest()
             key = target_store_key(item.name, sha256)
             if not self.store.exists(key):
                 self.store.write_bytes(key, item.data)
-            custom = dict(item.custom)
             current.signed.targets[item.name] = TargetFile(
                 len(item.data), {"sha256": sha256}, item.name, unrecognized_fields={"custom": custom})
             added.append(SignedTarget(item.name, len(item.data), sha256, custom))

@@ -30,7 +30,7 @@ from tuf.api.metadata import Metadata, Root, Targets
 
 from manifests import assignment as assignment_doc
 from manifests.assignment import Assignment
-from manifests.custom_fields import check_custom
+from manifests.custom_fields import check_custom, parse_accuracy
 from manifests.director import (
     MAX_ENVELOPE_BYTES,
     advance_root,
@@ -64,6 +64,11 @@ class SignedTarget:
     @property
     def kind(self) -> str:
         return str(self.custom.get("kind", "variant"))
+
+    @property
+    def accuracy(self) -> float | None:
+        """Build-time accuracy on the golden set, if the build recorded one."""
+        return parse_accuracy(self.custom.get("accuracy"))
 
 
 @dataclass(frozen=True)
