@@ -1,0 +1,1 @@
+"""REST API routers (`/api/v1/...`), their dependencies, the error format and pagination."""

@@ -1,0 +1,145 @@
+"""Model registry routes (`/api/v1/models`): upload a release, watch its build, read its variants."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
+
+from controller.api.deps import Context, DbSession
+from controller.api.errors import AUTH_ERRORS, ErrorResponse
+from controller.api.pagination import Page, Pagination, make_page, paginate
+from controller.auth import OperatorPrincipal, ViewerPrincipal
+from controller.db.models import ModelRelease
+from controller.registry.service import ReleaseMeta
+
+router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=AUTH_ERRORS)
+
+
+class VariantOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    variant_id: str
+    runtime: str
+    precision: str
+    offered: bool
+    target_path: str
+    sha256: str
+    length: int
+    accuracy: float | None
+    agreement: float | None
+    latency_ms: float | None
+    note: str
+
+
+class ReleaseOut(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "digits-mlp",
+                    "version": "1.0.0",
+                    "task": "classification",
+                    "preprocessing": "x / 16",
+                    "release_counter": 1,
+                    "min_accuracy": 0.9,
+                    "status": "building",
+                    "progress": 0.4,
+                    "progress_message": "openvino-fp16: evaluating",
+                    "error": None,
+                    "model_sha256": "ab…",
+                    "model_bytes": 41230,
+                    "created_by": "ci-uploader",
+                    "created_at": "2026-11-24T21:00:00Z",
+                    "updated_at": "2026-11-24T21:00:05Z",
+                }
+            ]
+        },
+    )
+    name: str
+    version: str
+    task: str
+    preprocessing: str
+    release_counter: int
+    min_accuracy: float | None
+    status: str
+    progress: float
+    progress_message: str
+    error: str | None
+    model_sha256: str
+    model_bytes: int
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ReleaseDetail(ReleaseOut):
+    variants: list[VariantOut]
+
+
+@router.post(
+    "",
+    response_model=ReleaseOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Register a release and start its variant build",
+    description="Multipart form: `model` (ONNX file), `golden` (npz with `inputs`, `labels` and/or "
+    "`reference_outputs`), `name`, `version`, optional `task`, `preprocessing`, `min_accuracy`. "
+    "Answers 202 at once; poll `GET /api/v1/models/{name}/{version}` for progress.",
+    responses={s: {"model": ErrorResponse} for s in (409, 413, 422, 503)},
+)
+def upload_model(
+    ctx: Context,
+    who: OperatorPrincipal,
+    model: Annotated[UploadFile, File(description="The ONNX model.")],
+    golden: Annotated[UploadFile, File(description="Golden set (.npz).")],
+    name: Annotated[str, Form(examples=["digits-mlp"])],
+    version: Annotated[str, Form(examples=["1.0.0"])],
+    task: Annotated[str, Form()] = "classification",
+    preprocessing: Annotated[str, Form(description="Input preprocessing notes for integrators.")] = "",
+    min_accuracy: Annotated[
+        float | None, Form(ge=0.0, le=1.0, description="Accuracy floor of variants.")
+    ] = None,
+) -> JSONResponse:
+    release = ctx.registry.register(
+        ReleaseMeta(
+            name=name, version=version, task=task, preprocessing=preprocessing, min_accuracy=min_accuracy
+        ),
+        model=model.file,
+        golden=golden.file,
+        created_by=who.name,
+    )
+    body = ReleaseOut.model_validate(release).model_dump(mode="json")
+    return JSONResponse(body, status_code=202, headers={"Location": f"/api/v1/models/{name}/{version}"})
+
+
+@router.get("", response_model=Page[ReleaseOut], summary="List releases, newest first")
+def list_models(
+    db: DbSession, page: Pagination, who: ViewerPrincipal, name: str | None = None, status: str | None = None
+) -> Page[ReleaseOut]:
+    query = select(ModelRelease)
+    if name is not None:
+        query = query.where(ModelRelease.name == name)
+    if status is not None:
+        query = query.where(ModelRelease.status == status)
+    rows, total = paginate(db, query.order_by(ModelRelease.id.desc()), page)
+    return make_page([ReleaseOut.model_validate(r) for r in rows], total, page)
+
+
+@router.get(
+    "/{name}/{version}", response_model=ReleaseDetail, summary="A release: build progress and variants"
+)
+def get_model(name: str, version: str, db: DbSession, ctx: Context, who: ViewerPrincipal) -> ReleaseDetail:
+    return ReleaseDetail.model_validate(ctx.registry.get(db, name, version))
+
+
+@router.delete(
+    "/{name}/{version}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a release that was never published (failed or queued)",
+)
+def delete_model(name: str, version: str, db: DbSession, ctx: Context, who: OperatorPrincipal) -> None:
+    ctx.registry.delete(db, name, version)

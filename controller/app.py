@@ -1,0 +1,146 @@
+"""`create_app(settings)`: the controller's FastAPI application, built from settings at start-up.
+
+    create_app(settings)
+      ├── engine + sessions (SQLite WAL | PostgreSQL)      migrations run in the lifespan (optional)
+      ├── artifact store (file:// | s3://) + URL signer    served at /artifacts (Range, presigned)
+      ├── fleet CA, enrollment rate limiter, trust roots
+      ├── model registry + background build worker         started/stopped with the app
+      └── routers: /healthz, /api/v1/{tokens,enrollment-tokens,enroll,devices,models,ca,broker}
+
+Nothing here runs at import time: tests build as many apps as they like, each with its own settings.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+import controller
+from controller.api import devices, enrollment, health, models, tokens
+from controller.api.context import ControllerContext
+from controller.api.errors import install_error_handlers
+from controller.api.limits import BodySizeLimit
+from controller.artifacts import ArtifactStore, UrlSigner, store_from_url
+from controller.artifacts.http import artifact_router
+from controller.db import make_engine, make_session_factory
+from controller.db import migrate as db_migrate
+from controller.enrollment.ca import FleetCA
+from controller.enrollment.ratelimit import RateLimiter
+from controller.enrollment.trust import TrustRoots
+from controller.registry.repository import default_publisher, default_trust_roots
+from controller.registry.service import ModelRegistry, VariantBuilder
+from controller.settings import Settings
+
+PRESIGN_SECRET_FILE = "presign.key"
+#: Presigned PUTs (captured samples) through the controller's own store.
+ARTIFACT_UPLOAD_MAX_BYTES = 256 * 1024 * 1024
+OPENAPI_TAGS = [
+    {"name": "health", "description": "Liveness; no token needed."},
+    {"name": "tokens", "description": "Operator API tokens (admin)."},
+    {"name": "enrollment", "description": "Enrollment tokens, the public enroll call, CA material."},
+    {"name": "devices", "description": "The device registry."},
+    {"name": "models", "description": "Model releases, their variant builds and signed targets."},
+    {"name": "artifacts", "description": "Artifact downloads (signed repository; presigned URLs)."},
+]
+
+
+def _presign_secret(settings: Settings) -> bytes:
+    """The HMAC key of presigned artifact URLs; every replica must read the same file."""
+    path = settings.state_dir / PRESIGN_SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: ArtifactStore | None = None,
+    trust_roots: TrustRoots | None = None,
+    builder: VariantBuilder | None = None,
+    publisher: Any = None,
+) -> FastAPI:
+    """The application for `settings`; the keyword arguments replace built-in ports (tests, embedding)."""
+    Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    signer = UrlSigner(
+        secret=_presign_secret(settings), base_url=settings.public_url.rstrip("/") + "/artifacts"
+    )
+    if store is None:
+        store = store_from_url(
+            settings.resolved_artifact_url,
+            signer=signer,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_access_key_id=settings.s3_access_key,
+            s3_secret_access_key=settings.s3_secret_key,
+            s3_region=settings.s3_region,
+        )
+    session_factory = make_session_factory(engine)
+    registry = ModelRegistry(
+        session_factory=session_factory,
+        store=store,
+        builder=builder,
+        publisher=publisher if publisher is not None else default_publisher(settings, store),
+        max_model_bytes=settings.max_model_bytes,
+        max_golden_bytes=settings.max_golden_bytes,
+        workers=settings.build_workers,
+    )
+    ctx = ControllerContext(
+        settings=settings,
+        engine=engine,
+        session_factory=session_factory,
+        ca=FleetCA.load_or_create(settings.resolved_ca_dir),
+        enrollment_limiter=RateLimiter(
+            rate_per_s=settings.enrollment_rate_per_minute / 60.0, burst=settings.enrollment_burst
+        ),
+        store=store,
+        trust_roots=trust_roots if trust_roots is not None else default_trust_roots(settings, store),
+        registry=registry,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.migrate_on_start:
+            db_migrate.upgrade(engine)
+        registry.start()
+        try:
+            yield
+        finally:
+            registry.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="edgefleet controller",
+        version=controller.__version__ if hasattr(controller, "__version__") else "0.1.0",
+        description="Signed, compiled ML models for fleets of edge devices. "
+        "Every route except `/healthz` and `POST /api/v1/enroll` needs an operator token "
+        '(`Authorization: Bearer efo_…`); errors share one format: `{"error": {code, message, details}}`.',
+        openapi_tags=OPENAPI_TAGS,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.add_middleware(
+        BodySizeLimit,
+        default_max_bytes=1024 * 1024,
+        # A model upload carries the model, the golden set and a little form overhead.
+        large_routes={
+            "/api/v1/models": settings.max_model_bytes + settings.max_golden_bytes + 1024 * 1024,
+            "/artifacts": ARTIFACT_UPLOAD_MAX_BYTES,
+        },
+    )
+    for router in (health.router, tokens.router, enrollment.router, devices.router, models.router):
+        app.include_router(router)
+    app.include_router(
+        artifact_router(store, signer=signer, max_upload_bytes=ARTIFACT_UPLOAD_MAX_BYTES), prefix="/artifacts"
+    )
+    return app

@@ -1,0 +1,119 @@
+"""The controller's view of the TUF image repository and of its keyring.
+
+The repository lives in the artifact store under `repository/` (served publicly at
+`/artifacts/repository/...`: every byte there is signed, so its integrity never depends on the
+transport). Keys come from the keyring folder made by `edgefleet keys init` (`settings.keys_dir`).
+
+    KeyringTrustRoots     the roots a device pins at enrollment (latest image root + director root)
+    RepositoryPublisher   signs a release's targets into the repository (online release key)
+    NoKeysPublisher       stands in when the controller has no release key: publishing fails clearly
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from controller.artifacts import ArtifactStore
+from controller.errors import Unavailable
+from controller.settings import Settings
+from manifests.errors import ManifestError
+from manifests.keyring import Keyring
+from manifests.repository import ImageRepository, NewTarget
+from manifests.verify import SignedTarget
+
+REPOSITORY_PREFIX = "repository/"
+
+
+class PrefixedStore:
+    """`write_bytes/read_bytes/exists` of an ArtifactStore, under a fixed key prefix."""
+
+    def __init__(self, store: ArtifactStore, prefix: str) -> None:
+        self._store = store
+        self.prefix = prefix
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._store.write_bytes(self.prefix + key, data)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._store.read_bytes(self.prefix + key)
+
+    def exists(self, key: str) -> bool:
+        return self._store.exists(self.prefix + key)
+
+
+def _open_keyring(settings: Settings) -> Keyring | None:
+    keys_dir = settings.resolved_keys_dir
+    if not (keys_dir / "image-root").is_dir():
+        return None
+    return Keyring(keys_dir)
+
+
+class KeyringTrustRoots:
+    """The newest image root and director root from the keyring (devices walk forward from there)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def _latest(self, kind: str) -> dict[str, Any]:
+        keyring = _open_keyring(self._settings)
+        if keyring is None:
+            raise Unavailable(
+                f"no keyring at {self._settings.resolved_keys_dir}: run `edgefleet keys init` there first"
+            )
+        try:
+            history = keyring.root_history(kind)
+        except ManifestError as e:
+            raise Unavailable(f"keyring at {self._settings.resolved_keys_dir} is unreadable: {e}") from e
+        value = json.loads(history[-1])
+        if not isinstance(value, dict):
+            raise Unavailable(f"the {kind} root in the keyring is not a JSON object")
+        return value
+
+    def image_repository_root(self) -> dict[str, Any]:
+        return self._latest("image")
+
+    def director_root(self) -> dict[str, Any]:
+        return self._latest("director")
+
+
+class RepositoryPublisher:
+    """Publishes targets with the keyring's online keys; calls are serialised (one writer per repository)."""
+
+    def __init__(self, settings: Settings, store: ArtifactStore) -> None:
+        self._settings = settings
+        self._store = PrefixedStore(store, REPOSITORY_PREFIX)
+        self._lock = threading.Lock()
+
+    def repository(self) -> ImageRepository:
+        keyring = _open_keyring(self._settings)
+        if keyring is None:
+            raise Unavailable(
+                f"no keyring at {self._settings.resolved_keys_dir}: cannot sign targets; "
+                "run `edgefleet keys init` there first"
+            )
+        repo = ImageRepository(self._store, keyring)
+        repo.initialize()
+        return repo
+
+    def publish(self, targets: Sequence[NewTarget]) -> tuple[SignedTarget, ...]:
+        with self._lock:
+            return self.repository().add_targets(targets)
+
+    def withdraw(self, names: Sequence[str]) -> None:
+        with self._lock:
+            self.repository().remove_targets(names)
+
+    def published_names(self) -> set[str]:
+        with self._lock:
+            return {t.name for t in self.repository().signed_targets()}
+
+
+def default_trust_roots(settings: Settings, store: ArtifactStore) -> KeyringTrustRoots:
+    return KeyringTrustRoots(settings)
+
+
+def default_publisher(settings: Settings, store: ArtifactStore) -> RepositoryPublisher:
+    return RepositoryPublisher(settings, store)
