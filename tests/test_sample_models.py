@@ -64,3 +64,23 @@ def test_mobilenet_like_is_not_degenerate(mobilenet_like: SampleModel) -> None:
     # random weights must still separate random inputs, or top-1 comparisons would be meaningless
     assert len(set(np.argmax(outputs, axis=1).tolist())) >= 2
     np.testing.assert_array_equal(np.argmax(outputs, axis=1), mobilenet_like.golden.labels)
+
+
+def test_textdir_classifier_is_the_pinned_pretrained_model_and_reads_text_direction(
+    textdir_classifier: SampleModel,
+) -> None:
+    import hashlib
+
+    from tests.textdir import MODEL_SHA256
+
+    assert hashlib.sha256(textdir_classifier.path.read_bytes()).hexdigest() == MODEL_SHA256
+    golden = textdir_classifier.golden
+    assert golden.inputs.shape == (64, 3, 48, 192)
+    assert sorted(set(golden.labels.tolist())) == [0, 1]
+    outputs = _run(textdir_classifier, golden.inputs)
+    np.testing.assert_allclose(outputs, golden.reference_outputs, atol=1e-5)
+    # a trained network on rendered text: well above chance, and not perfect by construction
+    assert 0.85 <= golden.accuracy(outputs) <= 1.0
+    flipped = np.ascontiguousarray(golden.inputs[:, :, ::-1, ::-1])
+    # turning every line around swaps most answers (padding moves too, so not all)
+    assert np.mean(np.argmax(_run(textdir_classifier, flipped), axis=1) != np.argmax(outputs, axis=1)) > 0.7
