@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -272,17 +273,23 @@ class AgentSession:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         payload = bytes(message.payload)
         try:
-            self._accept(message.topic, payload)
-            self.stats["assignments_accepted"] += 1
+            self._check_transport(message.topic, payload)
         except PayloadRejected as e:
             self.stats[f"dropped:{e.reason}"] += 1
+            return
+        try:
+            self.assignments.receive_assignment(payload)
         except Exception as e:  # noqa: BLE001 - a bad payload must never take the session down
             reason = getattr(e, "reason", None)
+            if isinstance(reason, Enum):
+                reason = reason.value
             code = reason if isinstance(reason, str) else type(e).__name__
             self.stats[f"rejected:{code}"] += 1
             self._report_rejection(payload, code, str(e))
+            return
+        self.stats["assignments_accepted"] += 1
 
-    def _accept(self, topic: str, payload: bytes) -> None:
+    def _check_transport(self, topic: str, payload: bytes) -> None:
         if topic != self._assignment_topic:
             raise PayloadRejected("unexpected_topic", f"message on {topic!r}")
         if not payload:
@@ -291,7 +298,6 @@ class AgentSession:
             raise PayloadRejected(
                 "oversized", f"{len(payload)} bytes, limit {self.config.max_assignment_bytes}"
             )
-        self.assignments.receive_assignment(payload)
 
     def _report_rejection(self, payload: bytes, code: str, message: str) -> None:
         # The same retained payload comes back after every reconnect: report it once, not in a loop.

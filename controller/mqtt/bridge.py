@@ -7,12 +7,18 @@
   (`$share/<group>/…`) when the broker offers them, so several controller replicas split the load.
   The protocol is negotiated once at start: MQTT 5 first, MQTT 3.1.1 when the broker refuses it
   (amqtt, the embedded broker, speaks only 3.1.1); without shared subscriptions every replica sees every
-  message, which is safe because processing is idempotent.
+  message, which is safe because processing is idempotent. Mosquitto 2.0 does not restore shared
+  subscriptions from its persistence file after a broker restart, so device messages sent between the
+  broker's restart and the replica's resubscribe are not queued for it; the retained `status` then
+  carries each device's latest state. A single replica can set `share_group=None` to keep a plain
+  persistent subscription that survives broker restarts.
 - Every payload is bounded, decoded with `agent.wire` (the agent's own definition), checked against the
   topic it came on (a device's identity is its topic, which the broker ACL ties to its username), and
   deduplicated by (device, stream, seq) before it reaches the `FleetSink`. Bad payloads are dropped and
   counted in `stats`; nothing a device sends can stop the bridge.
-- paho reconnects with exponential backoff by itself; subscriptions are renewed in `on_connect`.
+- The bridge keeps a persistent broker session under a stable client id (one per replica), so events
+  sent while it reconnects are queued by the broker rather than lost; paho reconnects with exponential
+  backoff by itself and subscriptions are renewed in `on_connect`.
 
 The sink is called on paho's network thread: it should record and return (the rollout engine reads
 what it recorded on its own schedule).
@@ -29,6 +35,7 @@ from typing import Any, Literal, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -56,13 +63,15 @@ class BridgeConfig:
     port: int
     username: str | None = None
     password: str | None = None
-    client_id: str = ""
-    share_group: str = "controllers"
+    client_id: str = "edgefleet-controller"
+    session_expiry_s: int = 24 * 3600
+    share_group: str | None = "controllers"  # None: plain subscriptions (one replica)
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
     keepalive_s: int = 30
     reconnect_min_s: int = 1
     reconnect_max_s: int = 30
     connect_timeout_s: float = 10.0
+    probe_timeout_s: float = 2.0
     max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES
 
 
@@ -83,30 +92,38 @@ class MqttBridge:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Negotiate the protocol, connect, subscribe; raises BrokerUnavailable if nothing answers."""
+        """Negotiate the protocol, connect, subscribe; raises BrokerUnavailable if nothing answers.
+
+        In `auto` mode MQTT 5 is tried first for `probe_timeout_s`: some 3.1.1-only brokers (amqtt)
+        neither answer nor close on an MQTT 5 CONNECT with properties, so silence also means "try 3.1.1".
+        """
         order = {"auto": [mqtt.MQTTv5, mqtt.MQTTv311], "5": [mqtt.MQTTv5], "3.1.1": [mqtt.MQTTv311]}
+        candidates = order[self.config.protocol]
         last = "no attempt"
-        for protocol in order[self.config.protocol]:
+        for index, protocol in enumerate(candidates):
+            more_to_try = index + 1 < len(candidates)
             client = self._build_client(protocol)
             self._connack.clear()
+            self._connack_code = 0
             try:
-                client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
+                client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive_s,
+                               **self._session_args(protocol))
             except OSError as e:
                 raise BrokerUnavailable(f"cannot reach broker {self.config.host}:{self.config.port}: {e}") from e
             client.loop_start()
-            if not self._connack.wait(self.config.connect_timeout_s):
-                client.loop_stop()
-                client.disconnect()
-                raise BrokerUnavailable(f"no CONNACK from {self.config.host}:{self.config.port}")
-            if self.connected.is_set():
+            wait_s = self.config.probe_timeout_s if more_to_try else self.config.connect_timeout_s
+            answered = self._connack.wait(wait_s)
+            if answered and self.connected.is_set():
                 self._client = client
                 self.protocol = protocol
                 return
             client.loop_stop()
             client.disconnect()
-            last = f"refused with reason {self._connack_code}"
-            if self._connack_code != _UNSUPPORTED_PROTOCOL:
-                break
+            last = f"refused with reason {self._connack_code}" if answered else "did not answer CONNECT"
+            if answered and self._connack_code not in (0, _UNSUPPORTED_PROTOCOL):
+                break  # bad credentials or not authorized: another protocol will not help
+        if last == "did not answer CONNECT":
+            raise BrokerUnavailable(f"broker {self.config.host}:{self.config.port} {last}")
         raise BridgeError(f"broker {self.config.host}:{self.config.port} {last}")
 
     def stop(self) -> None:
@@ -134,7 +151,9 @@ class MqttBridge:
         for info in infos:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not _wait_published(info, remaining):
-                raise BrokerUnavailable(f"broker did not acknowledge {len(infos)} assignments in {timeout_s} s")
+                raise BrokerUnavailable(
+                    f"broker did not acknowledge {len(infos)} assignments in {timeout_s} s"
+                )
         return len(infos)
 
     def _publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
@@ -151,7 +170,7 @@ class MqttBridge:
     def _build_client(self, protocol: int) -> mqtt.Client:
         kwargs: dict[str, Any] = {"client_id": self.config.client_id, "protocol": protocol}
         if protocol != mqtt.MQTTv5:
-            kwargs["clean_session"] = True
+            kwargs["clean_session"] = False
         client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
         if self.config.username is not None:
             client.username_pw_set(self.config.username, self.config.password)
@@ -162,6 +181,15 @@ class MqttBridge:
         client.on_message = self._on_message
         return client
 
+    def _session_args(self, protocol: int) -> dict[str, Any]:
+        # A persistent session: while a replica reconnects the broker queues device events for it
+        # instead of dropping them (a non-persistent subscriber misses everything sent meanwhile).
+        if protocol != mqtt.MQTTv5:
+            return {}
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        return {"clean_start": False, "properties": props}
+
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
     ) -> None:
@@ -171,7 +199,9 @@ class MqttBridge:
             self._connack.set()
             return
         self.stats["connects"] += 1
-        self.shared_subscriptions = client.protocol == mqtt.MQTTv5 and _shared_available(props)
+        self.shared_subscriptions = (
+            self.config.share_group is not None and client.protocol == mqtt.MQTTv5 and _shared_available(props)
+        )
         prefix = f"$share/{self.config.share_group}/" if self.shared_subscriptions else ""
         client.subscribe([(f"{prefix}{wire.TOPIC_ROOT}/+/{c}", 1) for c in CONSUMED_CHANNELS])
         self.connected.set()
@@ -182,6 +212,9 @@ class MqttBridge:
     ) -> None:
         self.connected.clear()
         self.stats["disconnects"] += 1
+        if not self._connack.is_set():
+            self._connack_code = _UNSUPPORTED_PROTOCOL  # closed before CONNACK: treat as "try another"
+            self._connack.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -71,7 +71,11 @@ def acl_file(controller_usernames: Iterable[str], *, topic_root: str = wire.TOPI
 
 
 def mosquitto_conf(
-    *, port: int, password_path: Path, acl_path: Path, bind_address: str = "127.0.0.1",
+    *,
+    port: int,
+    password_path: Path,
+    acl_path: Path,
+    bind_address: str = "127.0.0.1",
     persistence_dir: Path | None = None,
 ) -> str:
     """A minimal broker config that enforces the generated files (no anonymous access)."""
