@@ -138,7 +138,7 @@ class ImageRepository:
                 validate_target_name(item.name)
                 check_custom(item.name, custom)
             except TrustError as e:
-                raise RepositoryWriteError(f"refusing target {item.name!r}: {e.message}") from e
+                raise RepositoryWriteError(f"refusing target {item.name!r}: {e}") from e
             sha256 = hashlib.sha256(item.data).hexdigest()
             key = target_store_key(item.name, sha256)
             if not self.store.exists(key):
