@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -53,6 +54,19 @@ def mqtt_answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
             return False
     except OSError:
         return False
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the test process dies, so no server outlives a crashed run.
+
+    Services run in their own session (so `kill()` can signal the whole group), which also shields them
+    from the terminal's hangup; this puts the link back. Linux only; elsewhere a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 class Service:
@@ -124,6 +138,7 @@ class Service:
             self.process = subprocess.Popen(
                 self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.workdir, start_new_session=True, user=self._spawn_user(),
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + self.start_timeout_s
         while not self._answers():

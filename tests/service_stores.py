@@ -92,8 +92,10 @@ class PostgresTemplate:
         server = Postgres(log_dir, template=None, data_root=template.root, user=user)
         try:
             server.start()
-            _as_server_user([str(_pg_bin() / "psql"), "-h", HOST, "-p", str(server.port), "-U", "postgres",
-                             "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {DATABASE}"], user)
+            import psycopg
+
+            with psycopg.connect(f"postgresql://postgres@{HOST}:{server.port}/postgres", autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {DATABASE}")
         finally:
             server.stop()
         return template
