@@ -1,0 +1,1 @@
+"""Metrics the agent records on the device and ships as telemetry (see histogram.py)."""
