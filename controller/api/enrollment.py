@@ -11,10 +11,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
+from controller.api.context import ControllerContext
 from controller.api.deps import Context, DbSession
 from controller.api.errors import AUTH_ERRORS, ErrorResponse
 from controller.api.pagination import Page, Pagination, make_page, paginate
@@ -177,29 +180,43 @@ def revoke_enrollment_token(token_id: int, db: DbSession, who: AdminPrincipal) -
     response_model=EnrollResponse,
     status_code=status.HTTP_201_CREATED,
     summary="Enroll a device (public; the enrollment token is the credential)",
-    responses={s: {"model": ErrorResponse} for s in (401, 403, 409, 422, 429, 503)},
+    responses={s: {"model": ErrorResponse} for s in (401, 403, 409, 413, 422, 429, 503)},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EnrollRequest.model_json_schema()}},
+        }
+    },
 )
-def enroll(
-    body: Annotated[EnrollRequest, Body()], request: Request, db: DbSession, ctx: Context
-) -> EnrollResponse:
+async def enroll(request: Request, ctx: Context) -> EnrollResponse:
+    # Counted before the body is parsed: malformed floods are limited like token guesses.
     ctx.enrollment_limiter.check(request.client.host if request.client else "unknown")
+    try:
+        body = EnrollRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from e
+    return await run_in_threadpool(_enroll, body, ctx)
+
+
+def _enroll(body: EnrollRequest, ctx: ControllerContext) -> EnrollResponse:
     if ctx.trust_roots is None:
         raise Unavailable("this controller has no signing keys yet: run `edgefleet keys init`")
-    result = service.enroll(
-        db,
-        service.EnrollmentRequest(
-            token=body.token,
-            hardware_class=body.hardware_class,
-            hardware_profile=body.hardware_profile,
-            csr_pem=body.csr,
-            public_key_pem=body.public_key,
-            requested_id=body.device_id,
-        ),
-        ca=ctx.ca,
-        trust_roots=ctx.trust_roots,
-        cert_validity_days=ctx.settings.device_cert_validity_days,
-    )
-    db.commit()
+    with ctx.session_factory() as db:
+        result = service.enroll(
+            db,
+            service.EnrollmentRequest(
+                token=body.token,
+                hardware_class=body.hardware_class,
+                hardware_profile=body.hardware_profile,
+                csr_pem=body.csr,
+                public_key_pem=body.public_key,
+                requested_id=body.device_id,
+            ),
+            ca=ctx.ca,
+            trust_roots=ctx.trust_roots,
+            cert_validity_days=ctx.settings.device_cert_validity_days,
+        )
+        db.commit()
     device = result.device
     s = ctx.settings
     return EnrollResponse(
