@@ -45,6 +45,7 @@ class ModelRef:
     precision: str
     model: str
     version: str
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if not _SHA256.match(self.sha256):
@@ -123,7 +124,7 @@ class FileSlotStore:
             doc = json.loads(data)
             if not isinstance(doc, dict):
                 raise TypeError(f"expected an object, got {type(doc).__name__}")
-            fields = {k: doc[k] for k in ModelRef.__dataclass_fields__}
+            fields = {k: doc[k] for k in ModelRef.__dataclass_fields__ if k in doc or k != "device"}
             if not all(isinstance(v, str) for v in fields.values()):
                 raise TypeError("every pointer field must be a string")
             return ModelRef(**fields)

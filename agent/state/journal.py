@@ -42,6 +42,8 @@ class Journal:
     flags: Flags = field(default_factory=Flags)
     reason: str | None = None
     restarts: int = 0
+    event_seq: int = 0
+    rollback_to: str | None = None  # JSON pointer of the model served before ACTIVATE ("null": none)
     schema: int = SCHEMA
 
     def to_json(self) -> str:
@@ -56,6 +58,8 @@ class Journal:
             "flags": dataclasses.asdict(self.flags),
             "reason": self.reason,
             "restarts": self.restarts,
+            "event_seq": self.event_seq,
+            "rollback_to": self.rollback_to,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
@@ -89,6 +93,8 @@ class Journal:
                 flags=Flags(**flags_doc),
                 reason=_opt_str(doc, "reason"),
                 restarts=_int(doc, "restarts"),
+                event_seq=_int(doc, "event_seq"),
+                rollback_to=_opt_str(doc, "rollback_to"),
             )
         except KeyError as e:
             raise JournalError(f"journal is missing {e}") from e
