@@ -63,8 +63,12 @@ def test_director_root_forged_rotation_refused(world: World) -> None:
     intruder = CryptoSigner.generate_ed25519()
     root = world.keys.root("director")
     root.signed.version += 1
-    root.signed.revoke_key(root.signed.roles["targets"].keyids[0], "targets")
-    root.signed.add_key(intruder.public_key, "targets")
+    # The forged v2 hands every role to the intruder, so it verifies against itself; only the check
+    # against v1's root keys can refuse it.
+    for role in ("root", "targets"):
+        for keyid in list(root.signed.roles[role].keyids):
+            root.signed.revoke_key(keyid, role)
+        root.signed.add_key(intruder.public_key, role)
     root.signatures.clear()
     root.sign(intruder)
     from manifests import director
@@ -236,3 +240,15 @@ def test_target_names_escaping_the_store(world: World, name: str) -> None:
     body = A.to_dict(world.assignment(targets))
     body["targets"][0]["name"] = name
     assert_refused(world, world.sign_body(body), Reason.TARGET_NAME_INVALID)
+
+
+def test_director_root_rotation_without_new_keys_signature_refused(world: World) -> None:
+    targets = world.publish()
+    v2 = world.keys.rotate("director-root")
+    new_keyids = set(v2.signed.roles["root"].keyids)
+    for keyid in new_keyids:
+        del v2.signatures[keyid]  # signed by v1's keys only: v2 does not vouch for itself
+    from manifests import director
+
+    envelope = director.sign_envelope(world.assignment(targets), world.keys.signers("director"), [v2.to_bytes()])
+    assert_refused(world, envelope, Reason.DIRECTOR_ROOT_INVALID)
