@@ -84,3 +84,16 @@ def test_textdir_classifier_is_the_pinned_pretrained_model_and_reads_text_direct
     flipped = np.ascontiguousarray(golden.inputs[:, :, ::-1, ::-1])
     # turning every line around swaps most answers (padding moves too, so not all)
     assert np.mean(np.argmax(_run(textdir_classifier, flipped), axis=1) != np.argmax(outputs, axis=1)) > 0.7
+
+
+@pytest.mark.parametrize("fixture", ["digits_mlp", "digits_cnn", "mobilenet_like"])
+def test_openvino_runs_the_models_and_agrees_on_top1(fixture: str, request: pytest.FixtureRequest) -> None:
+    ov = pytest.importorskip("openvino", reason="needs openvino (the openvino extra)")
+    model: SampleModel = request.getfixturevalue(fixture)
+    core = ov.Core()
+    reference = model.golden.reference_outputs
+    # exact in f32; OpenVINO's own default may be bf16 on CPUs that support it, which must still agree
+    exact = core.compile_model(str(model.path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(exact(model.golden.inputs)[0], reference, atol=1e-4)
+    default = core.compile_model(str(model.path), "CPU")(model.golden.inputs)[0]
+    assert np.mean(np.argmax(default, axis=1) == np.argmax(reference, axis=1)) >= 0.97
