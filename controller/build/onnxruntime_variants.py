@@ -28,6 +28,8 @@ import onnx
 from controller.build.errors import VariantBuildError
 
 CALIBRATION_BATCH = 16
+#: Per-channel QDQ needs DequantizeLinear's `axis` attribute, which arrived in opset 13.
+MIN_QDQ_OPSET = 13
 
 
 def optimize_fp32(model_bytes: bytes, workdir: Path) -> bytes:
@@ -77,6 +79,20 @@ class _GoldenReader:
         return item
 
 
+def _at_least_opset(model_bytes: bytes, opset: int) -> bytes | None:
+    """The model converted to `opset` when its default-domain opset is older, else None."""
+    from onnx import version_converter
+
+    model = onnx.load_model_from_string(model_bytes)
+    current = max((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), default=opset)
+    if current >= opset:
+        return None
+    converted = version_converter.convert_version(model, opset)
+    onnx.checker.check_model(converted)
+    data: bytes = converted.SerializeToString()
+    return data
+
+
 def choose_int8_method(method: str, *, has_conv: bool) -> str:
     if method == "auto":
         return "static" if has_conv else "dynamic"
@@ -103,6 +119,9 @@ def quantize_int8(model_bytes: bytes, workdir: Path, *, method: str, input_name:
             details: dict[str, str | int] = {"quantization": "dynamic", "weight_type": "int8"}
         else:
             prepared = workdir / "int8-prepared.onnx"
+            upgraded = _at_least_opset(model_bytes, MIN_QDQ_OPSET)
+            if upgraded is not None:
+                source.write_bytes(upgraded)
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             batch = CALIBRATION_BATCH if dynamic_batch else 1
             per_channel = True

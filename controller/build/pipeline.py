@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from controller.artifacts.store import ArtifactStore
 from controller.build import onnxruntime_variants as ortv
@@ -184,8 +185,20 @@ def _static_batch(info: ModelInfo) -> int | None:
     return first if isinstance(first, int) and first > 0 else None
 
 
-def _clean(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(value, 6)
+def _ort_requirement(model_bytes: bytes) -> dict[str, str]:
+    """`runtime_version` = the oldest ONNX Runtime for the built file's opset (quantization may raise it)."""
+    model = onnx.load_model_from_string(model_bytes)
+    opset = max((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), default=0)
+    version = min_onnxruntime_for(opset)
+    return {"runtime_version": version} if version else {}
+
+
+def _decimal(value: float | None) -> str | None:
+    return None if value is None or not math.isfinite(value) else f"{value:.6f}"
+
+
+def _micros(value_ms: float) -> int | None:
+    return round(value_ms * 1000.0) if math.isfinite(value_ms) else None
 
 
 class _Builder:
@@ -220,13 +233,10 @@ class _Builder:
 
     def artifact(self, variant_id: str) -> tuple[bytes, dict[str, Any], Evaluation | None]:
         info, threads = self.release.info, self.options.latency_threads
-        ort_version = min_onnxruntime_for(info.opset)
         onnx_fields = {"format": "onnx", "arch": "any", "accelerator": "cpu"}
-        if ort_version:
-            onnx_fields["runtime_version"] = ort_version
         if variant_id == "onnxruntime-fp32":
             data = ortv.optimize_fp32(self.release.model_bytes, self.workdir)
-            fields: dict[str, Any] = {**onnx_fields, "graph_optimization": "basic"}
+            fields: dict[str, Any] = {**onnx_fields, **_ort_requirement(data), "graph_optimization": "basic"}
             return data, fields, self.evaluate(lambda: onnxruntime_runner(data, threads=threads))
         if variant_id == "onnxruntime-int8":
             method = ortv.choose_int8_method(self.options.int8_method, has_conv=info.has_conv)
@@ -235,7 +245,7 @@ class _Builder:
             data, details = ortv.quantize_int8(self.release.model_bytes, self.workdir, method=method,
                                                input_name=info.input.name, calibration=calibration,
                                                dynamic_batch=info.input.batch_dynamic)
-            return data, {**onnx_fields, **details}, self.evaluate(lambda: onnxruntime_runner(data, threads=threads))
+            return data, {**onnx_fields, **_ort_requirement(data), **details}, self.evaluate(lambda: onnxruntime_runner(data, threads=threads))
         if variant_id in ("openvino-fp32", "openvino-fp16"):
             data = convert_ir(self.source, compress_to_fp16=variant_id.endswith("fp16"))
             fields = {"format": "openvino-ir-tar", "arch": "any", "accelerator": "cpu"}
@@ -275,11 +285,13 @@ class _Builder:
         custom = {**self.base_custom("variant"), "runtime": runtime, "precision": precision, **fields,
                   "evaluated": evaluation is not None}
         if evaluation is not None:
-            measured = {"accuracy": _clean(evaluation.accuracy),
-                        "top1_agreement": _clean(evaluation.top1_agreement),
-                        "max_abs_error": _clean(evaluation.max_abs_error),
-                        "build_latency_p50_ms": _clean(evaluation.latency_p50_ms),
-                        "build_latency_p95_ms": _clean(evaluation.latency_p95_ms)}
+            # Signed metadata is canonical JSON, which has no floats: ratios travel as 6-decimal strings,
+            # latencies as integer microseconds.
+            measured = {"accuracy": _decimal(evaluation.accuracy),
+                        "top1_agreement": _decimal(evaluation.top1_agreement),
+                        "max_abs_error": _decimal(evaluation.max_abs_error),
+                        "build_latency_p50_us": _micros(evaluation.latency_p50_ms),
+                        "build_latency_p95_us": _micros(evaluation.latency_p95_ms)}
             custom.update({k: v for k, v in measured.items() if v is not None})
         key = self.write(name, data)
         return BuiltVariant(variant_id, runtime, precision, target, key, status, status in ("ready", "unverified"),
