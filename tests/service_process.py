@@ -73,6 +73,7 @@ class Service:
     """Base class of the test services; see the module docstring for the life cycle."""
 
     name = "service"
+    host = HOST
     stop_signal: signal.Signals = signal.SIGTERM
     start_timeout_s = 30.0
     stop_timeout_s = 15.0

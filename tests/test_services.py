@@ -92,7 +92,7 @@ def test_mosquitto_serves_and_keeps_retained_messages_across_a_crash(
     mosquitto.kill()
     assert not mosquitto.running
     mosquitto.start()
-    assert mosquitto.port == port
+    assert (mosquitto.host, mosquitto.port) == ("127.0.0.1", port)
     late = clients(mosquitto.port, "late")
     late.subscribe("edgefleet/v1/dev-1/assignment")
     message = late.next_message()
