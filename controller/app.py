@@ -34,7 +34,7 @@ from controller.enrollment.ca import FleetCA
 from controller.enrollment.ratelimit import RateLimiter
 from controller.enrollment.trust import TrustRoots
 from controller.registry.repository import default_publisher, default_trust_roots
-from controller.registry.service import ModelRegistry, VariantBuilder
+from controller.registry.service import BuildFn, ModelRegistry
 from controller.settings import Settings
 
 PRESIGN_SECRET_FILE = "presign.key"
@@ -66,7 +66,7 @@ def create_app(
     *,
     store: ArtifactStore | None = None,
     trust_roots: TrustRoots | None = None,
-    builder: VariantBuilder | None = None,
+    build_fn: BuildFn | None = None,
     publisher: Any = None,
 ) -> FastAPI:
     """The application for `settings`; the keyword arguments replace built-in ports (tests, embedding)."""
@@ -88,11 +88,11 @@ def create_app(
     registry = ModelRegistry(
         session_factory=session_factory,
         store=store,
-        builder=builder,
         publisher=publisher if publisher is not None else default_publisher(settings, store),
         max_model_bytes=settings.max_model_bytes,
         max_golden_bytes=settings.max_golden_bytes,
         workers=settings.build_workers,
+        **({"build_fn": build_fn} if build_fn is not None else {}),
     )
     ctx = ControllerContext(
         settings=settings,

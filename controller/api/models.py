@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.responses import JSONResponse
@@ -25,6 +25,7 @@ class VariantOut(BaseModel):
     variant_id: str
     runtime: str
     precision: str
+    status: str
     offered: bool
     target_path: str
     sha256: str
@@ -33,6 +34,7 @@ class VariantOut(BaseModel):
     agreement: float | None
     latency_ms: float | None
     note: str
+    figures: dict[str, Any]
 
 
 class ReleaseOut(BaseModel):
@@ -78,6 +80,7 @@ class ReleaseOut(BaseModel):
 
 
 class ReleaseDetail(ReleaseOut):
+    report: dict[str, Any]
     variants: list[VariantOut]
 
 

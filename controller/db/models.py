@@ -125,6 +125,7 @@ class ModelRelease(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     progress_message: Mapped[str] = mapped_column(String(256), default="")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # model facts, baseline figures
     model_key: Mapped[str] = mapped_column(String(512))
     golden_key: Mapped[str] = mapped_column(String(512))
     model_sha256: Mapped[str] = mapped_column(String(64))
@@ -150,14 +151,16 @@ class Variant(Base):
     runtime: Mapped[str] = mapped_column(String(32))
     precision: Mapped[str] = mapped_column(String(16))
     target_path: Mapped[str] = mapped_column(String(512))
-    artifact_key: Mapped[str] = mapped_column(String(512))
+    artifact_key: Mapped[str | None] = mapped_column(String(512), nullable=True)  # None: build failed
     sha256: Mapped[str] = mapped_column(String(64))
     length: Mapped[int] = mapped_column(BigInteger)
     accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     agreement: Mapped[float | None] = mapped_column(Float, nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="ready")  # ready|rejected|unverified|failed
     offered: Mapped[bool] = mapped_column(Boolean, default=True)
     note: Mapped[str] = mapped_column(Text, default="")
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the full build-time evaluation
     custom: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     release: Mapped[ModelRelease] = relationship(back_populates="variants")

@@ -4,12 +4,13 @@
         limits ─ builder.validate ─ store uploads ─ INSERT release (queued) ─ enqueue
         any failure: uploads deleted, no row: nothing half-registered
     worker ──▶ _build(release)
-        claim (queued → building, one replica wins) ─ builder.build(progress) ─ store every variant
-        ─ sign & publish the offered ones + golden set ─ variant rows ─ published
+        claim (queued → building, one replica wins) ─ controller.build.build_variants(progress)
+        ─ sign & publish the offered variants + golden set ─ variant rows ─ published
         any failure: status failed + error, variant artifacts deleted, nothing signed
 
-Variants under the release's accuracy floor are kept (row + artifact under `builds/`) but not signed
-into the repository, so devices never see them. A release stuck in `building` longer than
+The build pipeline (`controller.build`) decides each variant's status: variants under the release's
+accuracy floor, or with NaN/Inf outputs, are kept as records (row + artifact under `builds/`) but not
+signed into the repository, so devices never see them; figures are stored as measured. A release stuck in `building` longer than
 `stale_build_s` (its replica died) is queued again at start-up.
 """
 
@@ -17,37 +18,72 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import queue
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, BinaryIO, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.artifacts import ArtifactStore
+from controller.build import (
+    BuildError,
+    BuildLimits,
+    BuildOptions,
+    BuildProgress,
+    BuildReport,
+    InvalidGoldenSet,
+    InvalidModel,
+    build_variants,
+    check_release,
+)
 from controller.db.base import utcnow
 from controller.db.models import ModelRelease, Variant
 from controller.errors import Conflict, ControllerError, InvalidInput, NotFound, PayloadTooLarge, Unavailable
-from controller.registry.builder import BuiltVariant, VariantBuilder, default_builder
 from manifests.repository import NewTarget
 
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-GOLDEN_VARIANT_ID = "golden.npz"
 _PROGRESS_WRITE_INTERVAL_S = 0.5
+
+
+BuildFn = Callable[..., BuildReport]
 
 
 class Publisher(Protocol):
     def publish(self, targets: list[NewTarget]) -> Any: ...
+
+
+def _signable(custom: Mapping[str, Any]) -> dict[str, Any]:
+    """Custom fields as the image repository signs them: canonical JSON has no floats, so measured
+    figures travel as 6-decimal strings (the accuracy, too, as the trust chain expects)."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, float):
+            return f"{value:.6f}" if math.isfinite(value) else None
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return {k: convert(v) for k, v in custom.items() if convert(v) is not None}
+
+
+def _evaluation_record(evaluation: Any) -> dict[str, Any]:
+    if evaluation is None:
+        return {}
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in vars(evaluation).items()
+    }
 
 
 @dataclass(frozen=True)
@@ -87,8 +123,9 @@ class ModelRegistry:
         *,
         session_factory: sessionmaker[Session],
         store: ArtifactStore,
-        builder: VariantBuilder | None,
         publisher: Publisher,
+        build_fn: BuildFn = build_variants,
+        build_options: BuildOptions | None = None,
         max_model_bytes: int,
         max_golden_bytes: int,
         workers: int = 1,
@@ -96,7 +133,8 @@ class ModelRegistry:
     ) -> None:
         self._sessions = session_factory
         self._store = store
-        self._builder = builder
+        self._build_fn = build_fn
+        self._build_options = build_options or BuildOptions()
         self._publisher = publisher
         self.max_model_bytes = max_model_bytes
         self.max_golden_bytes = max_golden_bytes
@@ -106,10 +144,17 @@ class ModelRegistry:
         self._threads: list[threading.Thread] = []
 
     @property
-    def builder(self) -> VariantBuilder:
-        if self._builder is None:
-            self._builder = default_builder()
-        return self._builder
+    def limits(self) -> BuildLimits:
+        return BuildLimits(max_model_bytes=self.max_model_bytes, max_golden_bytes=self.max_golden_bytes)
+
+    def _check(self, model_bytes: bytes, golden_bytes: bytes) -> None:
+        """The pipeline's own fast checks: not ONNX, too large, golden set not matching the inputs."""
+        try:
+            check_release(model_bytes, golden_bytes, limits=self.limits)
+        except (InvalidModel, InvalidGoldenSet) as e:
+            what = "model" if isinstance(e, InvalidModel) else "golden set"
+            error = PayloadTooLarge if e.reason == "too_large" else InvalidInput
+            raise error(f"{what} refused: {e.message}", details={"reason": e.reason, "part": what}) from e
 
     # --- registration (request path) -----------------------------------------------------------
 
@@ -122,7 +167,7 @@ class ModelRegistry:
                 raise Conflict(f"model {meta.name} version {meta.version} is already registered")
         model_bytes = _read_limited(model, self.max_model_bytes, "model file")
         golden_bytes = _read_limited(golden, self.max_golden_bytes, "golden set")
-        self.builder.validate(model_bytes, golden_bytes)
+        self._check(model_bytes, golden_bytes)
 
         folder = f"uploads/{meta.name}/{meta.version}/{uuid.uuid4().hex}/"
         model_key, golden_key = folder + "model.onnx", folder + "golden.npz"
@@ -243,11 +288,12 @@ class ModelRegistry:
                 return None
             return session.get(ModelRelease, release_id)
 
-    def _progress_writer(self, release_id: int) -> Callable[[float, str], None]:
+    def _progress_writer(self, release_id: int) -> Callable[[BuildProgress], None]:
         last_write_s = 0.0
 
-        def progress(fraction: float, message: str) -> None:
+        def progress(step: BuildProgress) -> None:
             nonlocal last_write_s
+            fraction, message = step.fraction, step.message
             now_s = time.monotonic()
             if now_s - last_write_s < _PROGRESS_WRITE_INTERVAL_S and fraction < 1.0:
                 return
@@ -274,13 +320,29 @@ class ModelRegistry:
         try:
             model_bytes = self._store.read_bytes(release.model_key)
             golden_bytes = self._store.read_bytes(release.golden_key)
-            built = self.builder.build(model_bytes, golden_bytes, self._progress_writer(release_id))
-            if not built:
-                raise InvalidInput("the build produced no variants")
-            self._finish(release, built, golden_bytes, builds_folder)
+            options = BuildOptions(
+                **{**vars(self._build_options), "accuracy_floor": release.min_accuracy, "limits": self.limits}
+            )
+            report = self._build_fn(
+                model_bytes,
+                golden_bytes,
+                self._store,
+                self._progress_writer(release_id),
+                model=release.name,
+                version=release.version,
+                release_counter=release.release_counter,
+                options=options,
+                key_prefix=builds_folder,
+            )
+            self._finish(release, report)
         except Exception as e:
             self._store.delete_prefix(builds_folder)
-            message = e.message if isinstance(e, ControllerError) else f"{type(e).__name__}: {e}"
+            if isinstance(e, ControllerError):
+                message = e.message
+            elif isinstance(e, BuildError):
+                message = f"{e.reason}: {e.message}"
+            else:
+                message = f"{type(e).__name__}: {e}"
             log.warning("build of %s %s failed: %s", release.name, release.version, message)
             with self._sessions() as session:
                 session.execute(
@@ -290,66 +352,50 @@ class ModelRegistry:
                         status="failed", error=message[:4000], progress_message="failed", updated_at=utcnow()
                     )
                 )
-                session.execute(
-                    Variant.__table__.delete().where(Variant.release_id == release_id)  # type: ignore[attr-defined]
-                )
+                session.execute(delete(Variant).where(Variant.release_id == release_id))
                 session.commit()
 
-    def _finish(
-        self, release: ModelRelease, built: list[BuiltVariant], golden_bytes: bytes, folder: str
-    ) -> None:
-        floor = release.min_accuracy
-        base = {"model": release.name, "version": release.version, "release_counter": release.release_counter}
+    def _finish(self, release: ModelRelease, report: BuildReport) -> None:
         rows: list[Variant] = []
         targets: list[NewTarget] = []
-        for variant in built:
-            key = folder + variant.variant_id
-            self._store.write_bytes(key, variant.data)
-            offered = variant.offered and (
-                floor is None or (variant.accuracy is not None and variant.accuracy >= floor)
-            )
-            note = variant.note
-            if variant.offered and not offered:
-                note = (
-                    f"accuracy {variant.accuracy} below the release floor {floor}; not offered. " + note
-                ).strip()
-            name = f"models/{release.name}/{release.version}/{variant.variant_id}"
-            custom = {
-                **variant.custom,
-                **base,
-                "kind": "variant",
-                "runtime": variant.runtime,
-                "precision": variant.precision,
-            }
-            if variant.accuracy is not None:
-                custom["accuracy"] = round(float(variant.accuracy), 6)
+        for v in report.variants:
+            evaluation = v.evaluation
             rows.append(
                 Variant(
                     release_id=release.id,
-                    variant_id=variant.variant_id,
-                    runtime=variant.runtime,
-                    precision=variant.precision,
-                    target_path=name if offered else "",
-                    artifact_key=key,
-                    sha256=hashlib.sha256(variant.data).hexdigest(),
-                    length=len(variant.data),
-                    accuracy=variant.accuracy,
-                    agreement=variant.agreement,
-                    latency_ms=variant.latency_ms,
-                    offered=offered,
-                    note=note,
-                    custom=custom,
+                    variant_id=v.variant_id,
+                    runtime=v.runtime,
+                    precision=v.precision,
+                    target_path=v.target_name if v.offered else "",
+                    artifact_key=v.key,
+                    sha256=v.sha256,
+                    length=v.length,
+                    status=v.status,
+                    offered=v.offered,
+                    note=v.reason or "",
+                    accuracy=_finite(evaluation.accuracy) if evaluation else None,
+                    agreement=_finite(evaluation.top1_agreement) if evaluation else None,
+                    latency_ms=_finite(evaluation.latency_p50_ms) if evaluation else None,
+                    figures={**_evaluation_record(evaluation), "build_s": round(v.build_s, 3)},
+                    custom=_signable(v.custom),
                 )
             )
-            if offered:
-                targets.append(NewTarget(name=name, data=variant.data, custom=custom))
+            if v.offered and v.key is not None:
+                targets.append(
+                    NewTarget(
+                        name=v.target_name, data=self._store.read_bytes(v.key), custom=_signable(v.custom)
+                    )
+                )
         if not targets:
-            raise InvalidInput("no variant reached the release's accuracy floor; nothing to publish")
+            reasons = "; ".join(f"{v.variant_id}: {v.reason}" for v in report.variants if v.reason)
+            raise InvalidInput(
+                f"no variant can be offered ({reasons or 'none built'}); nothing was published"
+            )
         targets.append(
             NewTarget(
-                name=f"models/{release.name}/{release.version}/{GOLDEN_VARIANT_ID}",
-                data=golden_bytes,
-                custom={**base, "kind": "golden"},
+                name=report.golden_target_name,
+                data=self._store.read_bytes(report.golden_key),
+                custom=_signable(report.golden_custom),
             )
         )
         try:
@@ -358,6 +404,22 @@ class ModelRegistry:
             raise
         except Exception as e:
             raise Unavailable(f"signing targets of {release.name} {release.version} failed: {e}") from e
+        summary = {
+            "model": {
+                "opset": report.info.opset,
+                "ir_version": report.info.ir_version,
+                "producer": report.info.producer,
+                "input": report.info.input.name,
+                "input_shape": list(report.info.input.shape),
+                "ops": dict(report.info.op_counts),
+            },
+            "baseline": _evaluation_record(report.baseline),
+            "golden": {
+                "target": report.golden_target_name,
+                "sha256": report.golden_sha256,
+                "length": report.golden_length,
+            },
+        }
         with self._sessions() as session:
             session.add_all(rows)
             session.execute(
@@ -366,9 +428,14 @@ class ModelRegistry:
                 .values(
                     status="published",
                     progress=1.0,
-                    progress_message=f"published {len(targets) - 1} variants",
+                    report=summary,
                     error=None,
                     updated_at=utcnow(),
+                    progress_message=f"published {len(targets) - 1} of {len(report.variants)} variants",
                 )
             )
             session.commit()
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)

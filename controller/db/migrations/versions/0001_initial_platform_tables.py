@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 21:01:49.024392
+Create Date: 2026-11-24 21:10:10.740224
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def upgrade() -> None:
         sa.Column("progress", sa.Float(), nullable=False),
         sa.Column("progress_message", sa.String(length=256), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("report", sa.JSON(), nullable=False),
         sa.Column("model_key", sa.String(length=512), nullable=False),
         sa.Column("golden_key", sa.String(length=512), nullable=False),
         sa.Column("model_sha256", sa.String(length=64), nullable=False),
@@ -150,14 +151,16 @@ def upgrade() -> None:
         sa.Column("runtime", sa.String(length=32), nullable=False),
         sa.Column("precision", sa.String(length=16), nullable=False),
         sa.Column("target_path", sa.String(length=512), nullable=False),
-        sa.Column("artifact_key", sa.String(length=512), nullable=False),
+        sa.Column("artifact_key", sa.String(length=512), nullable=True),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("length", sa.BigInteger(), nullable=False),
         sa.Column("accuracy", sa.Float(), nullable=True),
         sa.Column("agreement", sa.Float(), nullable=True),
         sa.Column("latency_ms", sa.Float(), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("offered", sa.Boolean(), nullable=False),
         sa.Column("note", sa.Text(), nullable=False),
+        sa.Column("figures", sa.JSON(), nullable=False),
         sa.Column("custom", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(
             ["release_id"],
