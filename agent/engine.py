@@ -417,17 +417,24 @@ class UpdateEngine:
         result = self.probation.watch(served, plan.assignment.probation)
         if not result.passed:
             return _Step(Event.FAIL, f"probation_failed: {result.reason}", detail=dict(result.detail))
-        return _Step(Event.OK, None, {"flags": replace(self._journal.flags, probation_passed=True, committed=True)},
+        return _Step(Event.OK, None, {"flags": replace(self._journal.flags, probation_passed=True)},
                      dict(result.detail))
 
     def _do_commit(self) -> _Step:
-        # The journal already says committed; from here the new model stays, whatever happens.
+        # The commit point is this journal write: before it a crash resumes here (probation passed),
+        # a failure rolls back; after it the new model stays whatever happens to the bookkeeping.
+        j = replace(self._journal, flags=replace(self._journal.flags, committed=True))
+        self.journal_file.save(j)
+        self._journal = j
         self._hook("commit")
-        previous = self.slots.previous()
-        current = self.slots.current()
-        self.slots.set_previous(None)
-        if previous is not None and (current is None or previous.sha256 != current.sha256):
-            self.slots.discard(previous.sha256)
+        try:
+            previous = self.slots.previous()
+            current = self.slots.current()
+            self.slots.set_previous(None)
+            if previous is not None and (current is None or previous.sha256 != current.sha256):
+                self.slots.discard(previous.sha256)
+        except (OSError, SlotError) as e:
+            log.error("commit: could not delete the previous model (cleanup will retry): %s", e)
         return _Step(Event.OK)
 
     def _do_rollback(self) -> _Step:
@@ -435,10 +442,14 @@ class UpdateEngine:
         if target is not None and not self.slots.has(target.sha256):
             return _Step(Event.FAIL, f"rollback_failed: slot {target.sha256} is gone",
                          {"flags": replace(self._journal.flags, rollback_failed=True)})
+        served = self.slots.current()
         self.slots.set_current(target)
         try:
             self.activator.rollback(ActiveModel(target, self.slots.path(target)) if target else None)
         except Exception as e:
+            # The activator still serves the new model: the pointer must say so, or a restart would
+            # load a model that just failed to come back.
+            self.slots.set_current(served)
             return _Step(Event.FAIL, f"rollback_failed: {type(e).__name__}: {e}",
                          {"flags": replace(self._journal.flags, rollback_failed=True)})
         self.slots.set_previous(None)

@@ -8,7 +8,7 @@ and a test can check that every state has an answer after a crash (Mender's `sta
     IDLE ─assign─▶ VERIFY ─ok─▶ DOWNLOAD ─ok─▶ GATE ─ok─▶ ACTIVATE ─ok─▶ PROBATION ─ok─▶ COMMIT ─ok─▶ CLEANUP ─ok─▶ IDLE
                      │  └noop─▶ CLEANUP ▲         │ └next─▶ DOWNLOAD         │               │              │
                      └fail─▶ FAILURE ◀──┴─fail────┘                          └──fail──▶ ROLLBACK ◀─fail─────┘
-                             FAILURE ─ok─▶ CLEANUP          ROLLBACK ─ok/fail─▶ FAILURE
+                             FAILURE ─ok/fail─▶ CLEANUP ─ok/fail─▶ IDLE      ROLLBACK ─ok/fail─▶ FAILURE
 
 Deliberately not here: what a state does (the driver) and how the journal is stored (`journal`).
 """
@@ -64,7 +64,9 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = {
     (State.ROLLBACK, Event.OK): State.FAILURE,
     (State.ROLLBACK, Event.FAIL): State.FAILURE,
     (State.FAILURE, Event.OK): State.CLEANUP,
+    (State.FAILURE, Event.FAIL): State.CLEANUP,
     (State.CLEANUP, Event.OK): State.IDLE,
+    (State.CLEANUP, Event.FAIL): State.IDLE,  # leftovers are collected by the next cleanup
 }
 
 
