@@ -252,3 +252,11 @@ def test_director_root_rotation_without_new_keys_signature_refused(world: World)
 
     envelope = director.sign_envelope(world.assignment(targets), world.keys.signers("director"), [v2.to_bytes()])
     assert_refused(world, envelope, Reason.DIRECTOR_ROOT_INVALID)
+
+
+def test_expired_director_root(world: World) -> None:
+    """A director root past its expiry signs nothing, however valid the signature."""
+    targets = world.publish()
+    world.clock.t = world.clock() + timedelta(days=400)
+    err = assert_refused(world, world.sign(world.assignment(targets)), Reason.EXPIRED)
+    assert "director root" in str(err)
