@@ -28,6 +28,7 @@ from controller.api.errors import install_error_handlers
 from controller.api.limits import BodySizeLimit
 from controller.artifacts import ArtifactStore, UrlSigner, store_from_url
 from controller.artifacts.http import artifact_router
+from controller.build import build_variants
 from controller.db import make_engine, make_session_factory
 from controller.db import migrate as db_migrate
 from controller.enrollment.ca import FleetCA
@@ -92,7 +93,7 @@ def create_app(
         max_model_bytes=settings.max_model_bytes,
         max_golden_bytes=settings.max_golden_bytes,
         workers=settings.build_workers,
-        **({"build_fn": build_fn} if build_fn is not None else {}),
+        build_fn=build_fn or build_variants,
     )
     ctx = ControllerContext(
         settings=settings,

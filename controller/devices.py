@@ -30,7 +30,7 @@ class DeviceFilter:
     online: bool | None = None
 
 
-def device_query(f: DeviceFilter) -> Select[tuple[Device]]:
+def device_query(f: DeviceFilter) -> Select[Device]:
     """Devices matching every given criterion, ordered by id; several tags mean all of them."""
     query = select(Device)
     for tag in f.tags:
@@ -152,5 +152,5 @@ def record_event(
     return True
 
 
-def history_query(device_id: str) -> Select[tuple[DeviceEvent]]:
+def history_query(device_id: str) -> Select[DeviceEvent]:
     return select(DeviceEvent).where(DeviceEvent.device_id == device_id).order_by(DeviceEvent.id.desc())

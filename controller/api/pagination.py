@@ -40,7 +40,7 @@ class Page(BaseModel, Generic[T]):
     next_offset: int | None
 
 
-def paginate(session: Session, query: Select[tuple[T]], params: PageParams) -> tuple[list[T], int]:
+def paginate(session: Session, query: Select[T], params: PageParams) -> tuple[list[T], int]:
     """Rows of `query` for this page, and the total count of the unpaged query."""
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
     rows = list(session.scalars(query.limit(params.limit).offset(params.offset)).unique())

@@ -15,9 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from manifests.state import enroll as trusted_state_from_roots
 
 from controller.settings import Settings
+from manifests.state import enroll as trusted_state_from_roots
 from tests.controller.conftest import ControllerEnv, start_env
 from tests.services import Mosquitto
 
@@ -211,7 +211,7 @@ def test_bad_keys_and_csrs_are_refused(env: ControllerEnv) -> None:
 def test_enrollment_is_rate_limited(controller_settings: Settings) -> None:
     settings = controller_settings.model_copy(update={"enrollment_burst": 3, "enrollment_rate_per_minute": 1.0})
     for env in start_env(settings):
-        codes = [env.client.post("/api/v1/enroll", json={"token": "efe_guess-%d" % i, "csr": "x",
+        codes = [env.client.post("/api/v1/enroll", json={"token": f"efe_guess-{i}", "csr": "x",
                                                           "hardware_class": "x"}).status_code for i in range(5)]
         assert 429 not in codes[:3]
         assert codes[3:] == [429, 429]

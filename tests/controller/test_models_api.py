@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from manifests.keyring import Keyring
-from manifests.repository import ImageRepository
 
 from controller.registry.repository import REPOSITORY_PREFIX, PrefixedStore
 from controller.sample_models import SampleModel
 from controller.settings import Settings
+from manifests.keyring import Keyring
+from manifests.repository import ImageRepository
 from tests.controller.conftest import ControllerEnv, start_env
 
 
