@@ -118,11 +118,12 @@ class ModelServer:
         *,
         keep_previous: bool = False,
         warmup: Mapping[str, np.ndarray] | None = None,
+        origin: str = "",
     ) -> LoadedVersion:
         """Serve `session` as `version` of `name`; the first swap of a name starts serving it."""
         loop = asyncio.get_running_loop()
         try:
-            new = LoadedVersion(name, version, variant, session)
+            new = LoadedVersion(name, version, variant, session, origin)
         except Exception as e:
             await loop.run_in_executor(self._loader, session.close)
             raise SwapError(f"model {name!r} version {version}: unusable session: {e}") from e

@@ -51,10 +51,11 @@ def is_batched(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) 
 class LoadedVersion:
     """A session serving (or ready to serve) one model version."""
 
-    def __init__(self, model: str, version: str, variant: str, session: Session) -> None:
+    def __init__(self, model: str, version: str, variant: str, session: Session, origin: str = "") -> None:
         self.model = model
         self.version = version
         self.variant = variant
+        self.origin = origin  # what it was loaded from (the slot's sha256), to recognise it later
         self.session = session
         self.inputs: tuple[TensorSpec, ...] = tuple(session.inputs)
         self.outputs: tuple[TensorSpec, ...] = tuple(session.outputs)
