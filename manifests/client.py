@@ -17,6 +17,7 @@ length and hash in the VerifiedPlan) and choosing a variant (agent/selection.py)
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ class ImageRepoSource:
 
     metadata_base_url: str
     fetcher: FetcherInterface | None = None
+
+
+_STAGING_PREFIX = "tuf-staging-"
 
 
 def utc_now() -> datetime:
@@ -158,6 +162,13 @@ class TrustClient:
         if t > state.latest_known_time:
             self._save(state.with_time(t))
 
+    def _sweep_staging(self) -> None:
+        """Remove staging folders and temp files a power cut left behind (one verifier per state file)."""
+        for leftover in self.state_path.parent.glob(f"{_STAGING_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.state_path.parent.glob(f".{self.state_path.name}.*"):
+            leftover.unlink(missing_ok=True)
+
     def refresh_image(self, state: TrustedState) -> dict[str, bytes]:
         """Run python-tuf's client workflow in a staging folder seeded from `state`; return its result.
 
@@ -169,7 +180,8 @@ class TrustClient:
             snapshot_max_length=self.limits.max_snapshot_bytes,
             targets_max_length=self.limits.max_targets_bytes,
         )
-        with tempfile.TemporaryDirectory(prefix="tuf-", dir=self.state_path.parent) as tmp:
+        self._sweep_staging()
+        with tempfile.TemporaryDirectory(prefix=_STAGING_PREFIX, dir=self.state_path.parent) as tmp:
             staging = Path(tmp)
             for role in IMAGE_ROLES[1:]:
                 if role in state.image_metadata:

@@ -91,3 +91,10 @@ def test_note_time_only_moves_forward(world: World) -> None:
     assert world.client.state().latest_known_time == t0
     world.client.note_time(t0 + timedelta(days=1))
     assert world.client.state().latest_known_time == t0 + timedelta(days=1)
+
+
+def test_leftovers_of_a_power_cut_are_swept(world: World) -> None:
+    (world.state_path.parent / "tuf-staging-crashed").mkdir()
+    (world.state_path.parent / ".trust.json.half").write_bytes(b"{")
+    world.accept()
+    assert world.state_folder() == ["trust.json"]
