@@ -430,11 +430,13 @@ class UpdateEngine:
         try:
             previous = self.slots.previous()
             current = self.slots.current()
+            if current is not None:
+                self.activator.commit(ActiveModel(current, self.slots.path(current)))
             self.slots.set_previous(None)
             if previous is not None and (current is None or previous.sha256 != current.sha256):
                 self.slots.discard(previous.sha256)
-        except (OSError, SlotError) as e:
-            log.error("commit: could not delete the previous model (cleanup will retry): %s", e)
+        except Exception as e:
+            log.error("commit: releasing the previous model failed (cleanup will retry): %s", e)
         return _Step(Event.OK)
 
     def _do_rollback(self) -> _Step:

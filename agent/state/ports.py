@@ -54,6 +54,9 @@ class Activator(Protocol):
     def rollback(self, model: ActiveModel | None) -> None:
         """Serve `model` (the last committed one) again; None means nothing was served before."""
 
+    def commit(self, model: ActiveModel) -> None:
+        """Probation passed: release whatever was kept loaded to make a rollback instant."""
+
 
 @dataclass(frozen=True)
 class ProbationResult:

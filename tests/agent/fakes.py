@@ -111,6 +111,9 @@ class RecordingActivator:
             raise RuntimeError("model refused to warm up")
         self.serving = model
 
+    def commit(self, model: ActiveModel) -> None:
+        self.calls.append(f"commit:{model.ref.target}")
+
     def rollback(self, model: ActiveModel | None) -> None:
         self.calls.append(f"rollback:{model.ref.target if model else None}")
         if self.fail_rollback:
