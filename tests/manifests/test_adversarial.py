@@ -216,11 +216,12 @@ def test_oversized_assignment(world: World) -> None:
     assert_refused(world, envelope, Reason.OVERSIZED)
 
 
-def test_oversized_image_metadata(world: World) -> None:
+def test_oversized_image_metadata(tmp_path: Path) -> None:
+    # A limit below python-tuf's default proves the device's own limit is the one applied.
+    world = World(tmp_path, limits=TrustLimits(max_timestamp_bytes=4096))
     targets = world.publish()
     world.accept(targets)
-    world.write_timestamp(world.repo.timestamp().signed.version + 1,
-                          pad_bytes=TrustLimits().max_timestamp_bytes)
+    world.write_timestamp(world.repo.timestamp().signed.version + 1, pad_bytes=6000)
     assert_refused(world, world.sign(world.assignment(targets)), Reason.IMAGE_OVERSIZED)
 
 
