@@ -190,21 +190,21 @@ def _ident(value: object, where: str) -> str:
 
 
 def _policy(cls: type[Any], value: object, where: str) -> Any:
-    names = {f.name for f in fields(cls)}
-    raw = _obj(value, where, names, set())
+    """Read a policy object field by field, typed by the dataclass annotations ("float | None", "int", ...)."""
+    types = {f.name: str(f.type) for f in fields(cls)}
+    raw = _obj(value, where, set(types), set())
     defaults = cls()
     kwargs: dict[str, Any] = {}
-    for name in names:
+    for name, annotation in types.items():
         v = raw.get(name, getattr(defaults, name))
-        default = getattr(defaults, name)
         path = f"{where}.{name}"
-        if isinstance(default, bool):
+        if v is None:
+            if "None" not in annotation:
+                raise TrustError(Reason.MALFORMED, f"{path} may not be null")
+        elif annotation == "bool":
             if not isinstance(v, bool):
                 raise TrustError(Reason.MALFORMED, f"{path} must be true or false, got {v!r}")
-        elif v is None:
-            if name not in _OPTIONAL[cls]:
-                raise TrustError(Reason.MALFORMED, f"{path} may not be null")
-        elif isinstance(default, int) and name.startswith("max_") and cls is CapturePolicy:
+        elif annotation.startswith("int"):
             v = _int(v, path)
         else:
             v = _num(v, path, 0.0, 1.0 if _is_fraction(name) else None)
@@ -215,13 +215,6 @@ def _policy(cls: type[Any], value: object, where: str) -> Any:
 def _is_fraction(name: str) -> bool:
     return name.endswith(("_rate", "_agreement", "_accuracy", "_threshold"))
 
-
-_OPTIONAL: dict[type[Any], set[str]] = {
-    GatePolicy: {"min_accuracy", "min_agreement", "max_latency_p95_ms", "max_latency_regression_ratio",
-                 "max_memory_mb"},
-    ProbationPolicy: {"min_agreement"},
-    CapturePolicy: {"low_confidence_threshold"},
-}
 
 _FIELDS = {"schema", "type", "device_id", "version", "issued_at", "expires_at", "release", "targets", "gate",
            "probation", "capture", "rollout_id"}
