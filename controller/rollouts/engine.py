@@ -1,0 +1,163 @@
+"""The rollout engine: runs the pure state machine against the store, the fleet and the broker.
+
+Persist, then act. Each step loads the record, lets `machine.tick` decide, saves the result, and only
+then publishes what the saved record asks for (devices in `assigning` or `reverting`), saving again
+after each batch. A controller killed anywhere in between finds the same devices still waiting and
+publishes again; the `Assigner` is idempotent for (device, release, rollout), so a repeat costs one
+retained message at most and never a second version bump the device would act on.
+
+Device events arrive on the MQTT bridge's thread; `handle_event` only queues them. They are folded into
+the records on the engine's own thread, one rollout at a time, under one lock, so a tick and an event
+never race on the same record within a replica (across replicas the store's revision check does).
+
+Ports:
+
+| port       | role                                                             |
+|------------|------------------------------------------------------------------|
+| RolloutStore | persisted records (`store.py`)                                 |
+| FleetView  | which enrolled devices a selector matches now, online or not     |
+| Assigner   | sign + publish a new assignment naming a release; returns its version |
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from agent import wire
+from controller.rollouts import machine
+from controller.rollouts.errors import PlanError, RolloutError, StaleRecord
+from controller.rollouts.plan import DeviceInfo, RolloutSpec, Selector
+from controller.rollouts.records import RolloutRecord, new_rollout
+from controller.rollouts.store import RolloutStore
+from manifests.assignment import ReleaseRef
+
+log = logging.getLogger("controller.rollouts")
+
+
+class FleetView(Protocol):
+    def targeted(self, selector: Selector) -> Mapping[str, DeviceInfo]:
+        """Every enrolled device the selector matches, keyed by id, with its presence and release."""
+
+
+class Assigner(Protocol):
+    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str) -> int:
+        """Sign and publish (retained) an assignment naming `release`; return its version.
+
+        Must be idempotent: if the device's newest assignment already names this release for this
+        rollout, republish it and return its version instead of issuing a higher one.
+        """
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        store: RolloutStore,
+        fleet: FleetView,
+        assigner: Assigner,
+        clock: Callable[[], float] = time.time,
+        save_every: int = 200,
+    ) -> None:
+        self.store = store
+        self.fleet = fleet
+        self.assigner = assigner
+        self.clock = clock
+        self.save_every = save_every
+        self._events: queue.SimpleQueue[wire.Event] = queue.SimpleQueue()
+        self._lock = threading.RLock()
+
+    # -- operator-facing ----------------------------------------------------------------------------
+
+    def create(self, rollout_id: str, spec: RolloutSpec, actor: str) -> RolloutRecord:
+        devices = list(self.fleet.targeted(spec.selector).values())
+        if not devices:
+            raise PlanError(f"rollout {rollout_id}: the selector matches no device")
+        with self._lock:
+            return self.store.create(new_rollout(rollout_id, spec, devices, self.clock(), actor))
+
+    def command(self, rollout_id: str, name: str, actor: str, reason: str | None = None) -> RolloutRecord:
+        """pause / resume / abort / rollback; rollback publishes the revert assignments right away."""
+        with self._lock:
+            record = self.store.load(rollout_id)
+            record = self.store.save(machine.command(record, name, actor, self.clock(), reason))
+            return self._publish_pending(record)
+
+    # -- inputs -------------------------------------------------------------------------------------
+
+    def handle_event(self, event: wire.Event) -> None:
+        """Called on the bridge's thread: queue only."""
+        if event.rollout_id is not None:
+            self._events.put(event)
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Fold queued events in, then advance every active rollout once."""
+        with self._lock:
+            self._drain_events()
+            for rollout_id in self.store.list_ids(active_only=True):
+                try:
+                    self._advance(rollout_id)
+                except StaleRecord:
+                    log.info("rollout %s changed under us; next step retries", rollout_id)
+                except RolloutError as e:
+                    log.error("rollout %s: %s", rollout_id, e)
+
+    def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:  # keep driving other rollouts; the error is in the log
+                log.exception("rollout engine step failed")
+            stop.wait(interval_s)
+
+    def _drain_events(self) -> None:
+        by_rollout: dict[str, list[wire.Event]] = {}
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            assert event.rollout_id is not None
+            by_rollout.setdefault(event.rollout_id, []).append(event)
+        for rollout_id, events in by_rollout.items():
+            try:
+                record = self.store.load(rollout_id)
+            except RolloutError:
+                continue  # an event about a rollout this controller does not know
+            now = self.clock()
+            updated = record
+            for event in events:
+                updated = machine.apply_event(updated, event, now)
+            if updated is not record:
+                self.store.save(updated)
+
+    def _advance(self, rollout_id: str) -> None:
+        record = self.store.load(rollout_id)
+        fleet = self.fleet.targeted(record.spec.selector)
+        decided = machine.tick(record, fleet, self.clock())
+        if decided != record:
+            record = self.store.save(decided)
+        self._publish_pending(record)
+
+    def _publish_pending(self, record: RolloutRecord) -> RolloutRecord:
+        work = [(d, False) for d in record.needs_assignment()] + [(d, True) for d in record.needs_revert()]
+        for batch in _batches(work, self.save_every):
+            for device_id, revert in batch:
+                progress = record.devices[device_id]
+                release = progress.previous_release if revert else record.spec.release
+                assert release is not None
+                version = self.assigner.assign(device_id, release, record.rollout_id)
+                record = machine.confirm_published(record, device_id, version, self.clock(), revert=revert)
+            record = self.store.save(record)
+        return record
+
+
+def _batches(items: list[tuple[str, bool]], size: int) -> list[list[tuple[str, bool]]]:
+    iterator = iter(items)
+    return [list(chunk) for chunk in iter(lambda: list(itertools.islice(iterator, size)), [])]
