@@ -48,12 +48,30 @@ def build(tmp: Path, releases: int) -> tuple[Keyring, ImageRepository, list[A.Ta
     repo.initialize()
     pins: list[A.TargetPin] = []
     for r in range(releases):
-        items = [NewTarget(f"models/model{r}/1/{v}", f"{r}/{v}".encode() * 64,
-                           {"kind": "variant", "model": f"model{r}", "version": "1", "release_counter": 1,
-                            "runtime": "onnxruntime", "precision": "fp32", "arch": "x86_64",
-                            "accuracy": 0.97}) for v in VARIANTS]
-        items.append(NewTarget(f"models/model{r}/1/golden.npz", b"g" * 1000,
-                               {"kind": "golden", "model": f"model{r}", "version": "1", "release_counter": 1}))
+        items = [
+            NewTarget(
+                f"models/model{r}/1/{v}",
+                f"{r}/{v}".encode() * 64,
+                {
+                    "kind": "variant",
+                    "model": f"model{r}",
+                    "version": "1",
+                    "release_counter": 1,
+                    "runtime": "onnxruntime",
+                    "precision": "fp32",
+                    "arch": "x86_64",
+                    "accuracy": 0.97,
+                },
+            )
+            for v in VARIANTS
+        ]
+        items.append(
+            NewTarget(
+                f"models/model{r}/1/golden.npz",
+                b"g" * 1000,
+                {"kind": "golden", "model": f"model{r}", "version": "1", "release_counter": 1},
+            )
+        )
         published = repo.add_targets(items)
         if r == 0:
             pins = [A.TargetPin(t.name, t.length, t.sha256) for t in published]
@@ -63,10 +81,21 @@ def build(tmp: Path, releases: int) -> tuple[Keyring, ImageRepository, list[A.Ta
 def envelopes(keys: Keyring, pins: list[A.TargetPin], device: str, first: int, count: int) -> list[bytes]:
     now = datetime.now(timezone.utc).replace(microsecond=0)
     signers = keys.signers("director")
-    return [director.sign_envelope(A.Assignment(
-        device_id=device, version=v, issued_at=now, expires_at=now + timedelta(days=7),
-        release=A.ReleaseRef("model0", "1"), targets=tuple(pins), rollout_id="bench"), signers)
-        for v in range(first, first + count)]
+    return [
+        director.sign_envelope(
+            A.Assignment(
+                device_id=device,
+                version=v,
+                issued_at=now,
+                expires_at=now + timedelta(days=7),
+                release=A.ReleaseRef("model0", "1"),
+                targets=tuple(pins),
+                rollout_id="bench",
+            ),
+            signers,
+        )
+        for v in range(first, first + count)
+    ]
 
 
 def time_verify(client: TrustClient, batch: list[bytes]) -> list[float]:
@@ -96,8 +125,10 @@ def main() -> None:
         tmp = Path(d)
         keys, repo, pins = build(tmp, releases)
         targets_bytes = len(repo.store.read_bytes(f"metadata/{repo.targets().signed.version}.targets.json"))
-        print(f"image repository: {releases} releases x {len(VARIANTS) + 1} targets, "
-              f"targets metadata {targets_bytes / 1024:.1f} KiB")
+        print(
+            f"image repository: {releases} releases x {len(VARIANTS) + 1} targets, "
+            f"targets metadata {targets_bytes / 1024:.1f} KiB"
+        )
 
         results: dict[str, float] = {}
         for label, source, device in (
@@ -111,7 +142,9 @@ def main() -> None:
                 threading.Thread(target=server.serve_forever, daemon=True).start()
                 source = ImageRepoSource(f"http://127.0.0.1:{server.server_address[1]}/metadata/")
             state_path = tmp / device / "trust.json"
-            TrustClient.enroll(state_path, device, keys.root_history("director")[0], keys.root_history("image")[0])
+            TrustClient.enroll(
+                state_path, device, keys.root_history("director")[0], keys.root_history("image")[0]
+            )
             client = TrustClient(state_path, source)
             batch = envelopes(keys, pins, device, 1, iterations + 1)
             cold = time_verify(client, batch[:1])[0]
@@ -120,8 +153,10 @@ def main() -> None:
                 server.shutdown()
                 server.server_close()
             med = statistics.median(warm)
-            print(f"[{label}] cold first verify {cold:.2f} ms; warm median {med:.2f} ms, "
-                  f"p95 {pct(warm, 0.95):.2f} ms over {len(warm)} assignments")
+            print(
+                f"[{label}] cold first verify {cold:.2f} ms; warm median {med:.2f} ms, "
+                f"p95 {pct(warm, 0.95):.2f} ms over {len(warm)} assignments"
+            )
             results[f"{label}_cold_ms"] = round(cold, 3)
             results[f"{label}_median_ms"] = round(med, 3)
             results[f"{label}_p95_ms"] = round(pct(warm, 0.95), 3)

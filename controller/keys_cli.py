@@ -42,15 +42,22 @@ def init(
 ) -> None:
     """Create every Ed25519 key (private files 0600) and version 1 of both roots."""
     try:
-        ring = Keyring.create(directory, root_keys=root_keys, root_threshold=root_threshold,
-                              director_root_keys=director_root_keys,
-                              director_root_threshold=director_root_threshold,
-                              director_keys=director_keys, director_threshold=director_threshold)
+        ring = Keyring.create(
+            directory,
+            root_keys=root_keys,
+            root_threshold=root_threshold,
+            director_root_keys=director_root_keys,
+            director_root_threshold=director_root_threshold,
+            director_keys=director_keys,
+            director_threshold=director_threshold,
+        )
     except (ManifestError, OSError) as e:
         raise _fail(e) from e
     typer.echo(f"keyring created in {ring.path}")
     typer.echo(f"  image root:    {ring.path / 'image-root' / '1.root.json'}  (pin on devices at enrollment)")
-    typer.echo(f"  director root: {ring.path / 'director-root' / '1.root.json'}  (pin on devices at enrollment)")
+    typer.echo(
+        f"  director root: {ring.path / 'director-root' / '1.root.json'}  (pin on devices at enrollment)"
+    )
 
 
 @app.command("rotate")
@@ -58,22 +65,28 @@ def rotate(
     role: Annotated[str, typer.Argument(help=f"One of: {', '.join(ALL_ROLES)}.")],
     keys: KeysDir,
     repo: Annotated[Path | None, typer.Option(help="Local image-repository folder to publish to.")] = None,
-    count: Annotated[int | None, typer.Option(help="Number of new keys (default: as many as before).")] = None,
+    count: Annotated[
+        int | None, typer.Option(help="Number of new keys (default: as many as before).")
+    ] = None,
 ) -> None:
     """Replace ROLE's keys via a new root version signed by the old (and, for root, the new) root keys."""
     try:
         ring = Keyring(keys)
         md = ring.rotate(role, new_key_count=count)
         kind = "director" if role.startswith("director") else "image"
-        typer.echo(f"{kind} root v{md.signed.version} written; {role} now uses "
-                   f"{', '.join(k[:16] for k in _role_keyids(ring, role))}")
+        typer.echo(
+            f"{kind} root v{md.signed.version} written; {role} now uses "
+            f"{', '.join(k[:16] for k in _role_keyids(ring, role))}"
+        )
         if repo is not None and kind == "image":
             image = ImageRepository(LocalFolderStore(repo), ring)
             image.publish_roots()
             image.refresh_snapshot()
             typer.echo(f"published root v{md.signed.version} to {repo} and re-signed snapshot/timestamp")
         elif kind == "director":
-            typer.echo("the controller attaches the new director root to every assignment it signs from now on")
+            typer.echo(
+                "the controller attaches the new director root to every assignment it signs from now on"
+            )
     except (ManifestError, OSError) as e:
         raise _fail(e) from e
 
@@ -94,9 +107,14 @@ def show(keys: KeysDir) -> None:
             typer.echo(f"{kind} root v{root.version}, expires {root.expires.isoformat()}")
             for name, r in root.roles.items():
                 if r.keyids:
-                    label = {"root": "director-root", "targets": "director"}.get(name, name) \
-                        if kind == "director" else name
-                    typer.echo(f"  {label:<14} {r.threshold} of {len(r.keyids)}: "
-                               f"{', '.join(k[:16] for k in r.keyids)}")
+                    label = (
+                        {"root": "director-root", "targets": "director"}.get(name, name)
+                        if kind == "director"
+                        else name
+                    )
+                    typer.echo(
+                        f"  {label:<14} {r.threshold} of {len(r.keyids)}: "
+                        f"{', '.join(k[:16] for k in r.keyids)}"
+                    )
     except (ManifestError, OSError) as e:
         raise _fail(e) from e

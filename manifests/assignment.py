@@ -118,7 +118,9 @@ def parse_time(value: object, where: str) -> datetime:
     try:
         return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=timezone.utc)
     except ValueError as e:
-        raise TrustError(Reason.MALFORMED, f"{where} must look like 2026-01-31T12:00:00Z, got {value!r}") from e
+        raise TrustError(
+            Reason.MALFORMED, f"{where} must look like 2026-01-31T12:00:00Z, got {value!r}"
+        ) from e
 
 
 def to_dict(a: Assignment) -> dict[str, Any]:
@@ -185,7 +187,9 @@ def _num(value: object, where: str, low: float = 0.0, high: float | None = None)
 
 def _ident(value: object, where: str) -> str:
     if not isinstance(value, str) or not _IDENT.match(value):
-        raise TrustError(Reason.MALFORMED, f"{where} must be a short identifier ([A-Za-z0-9._+-]), got {value!r}")
+        raise TrustError(
+            Reason.MALFORMED, f"{where} must be a short identifier ([A-Za-z0-9._+-]), got {value!r}"
+        )
     return value
 
 
@@ -216,14 +220,28 @@ def _is_fraction(name: str) -> bool:
     return name.endswith(("_rate", "_agreement", "_accuracy", "_threshold"))
 
 
-_FIELDS = {"schema", "type", "device_id", "version", "issued_at", "expires_at", "release", "targets", "gate",
-           "probation", "capture", "rollout_id"}
+_FIELDS = {
+    "schema",
+    "type",
+    "device_id",
+    "version",
+    "issued_at",
+    "expires_at",
+    "release",
+    "targets",
+    "gate",
+    "probation",
+    "capture",
+    "rollout_id",
+}
 
 
 def from_dict(raw: object) -> Assignment:
     """Validate a parsed JSON object and build the Assignment; every refusal names the field."""
     if isinstance(raw, dict) and raw.get("schema") != SCHEMA:
-        raise TrustError(Reason.SCHEMA_UNSUPPORTED, f"assignment schema must be {SCHEMA}, got {raw.get('schema')!r}")
+        raise TrustError(
+            Reason.SCHEMA_UNSUPPORTED, f"assignment schema must be {SCHEMA}, got {raw.get('schema')!r}"
+        )
     body = _obj(raw, "assignment", _FIELDS, _FIELDS - {"gate", "probation", "capture", "rollout_id"})
     if body["type"] != "assignment":
         raise TrustError(Reason.MALFORMED, f"document type must be 'assignment', got {body['type']!r}")
@@ -237,8 +255,10 @@ def from_dict(raw: object) -> Assignment:
         pin = _obj(t, f"targets[{i}]", {"name", "length", "sha256"}, {"name", "length", "sha256"})
         name = validate_target_name(pin["name"])
         if not name.startswith(release_prefix(release.model, release.version)):
-            raise TrustError(Reason.MALFORMED, f"targets[{i}] {name!r} is not part of release "
-                             f"{release.model}/{release.version}")
+            raise TrustError(
+                Reason.MALFORMED,
+                f"targets[{i}] {name!r} is not part of release {release.model}/{release.version}",
+            )
         sha = pin["sha256"]
         if not isinstance(sha, str) or not _SHA256.match(sha):
             raise TrustError(Reason.MALFORMED, f"targets[{i}].sha256 must be 64 lowercase hex digits")

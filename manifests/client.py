@@ -121,8 +121,13 @@ class TrustClient:
         self.clock = clock
 
     @staticmethod
-    def enroll(state_path: Path | str, device_id: str, director_root: bytes, image_root: bytes,
-               now: datetime | None = None) -> TrustedState:
+    def enroll(
+        state_path: Path | str,
+        device_id: str,
+        director_root: bytes,
+        image_root: bytes,
+        now: datetime | None = None,
+    ) -> TrustedState:
         """Pin both roots for `device_id`. Refuses to overwrite an existing state (that is a re-enrollment)."""
         path = Path(state_path)
         if path.exists():
@@ -136,7 +141,9 @@ class TrustClient:
         try:
             return state_doc.decode(self.state_path.read_bytes())
         except FileNotFoundError as e:
-            raise TrustError(Reason.STATE_INVALID, f"{self.state_path} is missing: device not enrolled") from e
+            raise TrustError(
+                Reason.STATE_INVALID, f"{self.state_path} is missing: device not enrolled"
+            ) from e
 
     def _save(self, state: TrustedState) -> None:
         write_atomic(self.state_path, state_doc.encode(state))
@@ -148,7 +155,9 @@ class TrustClient:
         checked = check_assignment(envelope, state, now, max_envelope_bytes=self.limits.max_envelope_bytes)
         image_metadata = self.refresh_image(state)
         check_image_fresh(image_metadata, checked.effective_now)
-        plan = match_targets(checked.assignment, signed_targets(image_metadata["targets"]), state.release_floors)
+        plan = match_targets(
+            checked.assignment, signed_targets(image_metadata["targets"]), state.release_floors
+        )
         self._save(next_state(state, checked, image_metadata, now))
         return plan
 
@@ -187,8 +196,13 @@ class TrustClient:
                 if role in state.image_metadata:
                     (staging / f"{role}.json").write_bytes(state.image_metadata[role])
             try:
-                updater = Updater(str(staging), self.source.metadata_base_url, fetcher=self.source.fetcher,
-                                  config=config, bootstrap=state.image_metadata["root"])
+                updater = Updater(
+                    str(staging),
+                    self.source.metadata_base_url,
+                    fetcher=self.source.fetcher,
+                    config=config,
+                    bootstrap=state.image_metadata["root"],
+                )
                 updater.refresh()
             except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
                 raise _tuf_refusal(e) from e

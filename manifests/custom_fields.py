@@ -39,8 +39,11 @@ def check_custom(name: str, custom: Mapping[str, Any]) -> Mapping[str, Any]:
     if kind not in KINDS:
         raise _refuse(name, f"custom.kind must be one of {KINDS}, got {kind!r}")
     if custom.get("model") != model or custom.get("version") != version:
-        raise _refuse(name, f"custom model/version {custom.get('model')!r}/{custom.get('version')!r} "
-                            f"differ from the name's {model!r}/{version!r}")
+        raise _refuse(
+            name,
+            f"custom model/version {custom.get('model')!r}/{custom.get('version')!r} "
+            f"differ from the name's {model!r}/{version!r}",
+        )
     counter = custom.get("release_counter")
     if isinstance(counter, bool) or not isinstance(counter, int) or counter < 0:
         raise _refuse(name, f"custom.release_counter must be an integer >= 0, got {counter!r}")
@@ -48,7 +51,9 @@ def check_custom(name: str, custom: Mapping[str, Any]) -> Mapping[str, Any]:
         if custom.get("runtime") not in RUNTIMES:
             raise _refuse(name, f"custom.runtime must be one of {RUNTIMES}, got {custom.get('runtime')!r}")
         if custom.get("precision") not in PRECISIONS:
-            raise _refuse(name, f"custom.precision must be one of {PRECISIONS}, got {custom.get('precision')!r}")
+            raise _refuse(
+                name, f"custom.precision must be one of {PRECISIONS}, got {custom.get('precision')!r}"
+            )
     for key in _OPTIONAL_STRINGS:
         if key in custom and not isinstance(custom[key], str):
             raise _refuse(name, f"custom.{key} must be a string, got {custom[key]!r}")
@@ -56,11 +61,17 @@ def check_custom(name: str, custom: Mapping[str, Any]) -> Mapping[str, Any]:
     if accuracy is not None and parse_accuracy(accuracy) is None:
         raise _refuse(name, f"custom.accuracy must be a decimal string in [0, 1], got {accuracy!r}")
     for key, value in custom.items():
-        flat = isinstance(value, (str, int, bool)) or value is None or (
-            isinstance(value, list) and all(isinstance(v, (str, int, bool)) for v in value))
+        flat = (
+            isinstance(value, (str, int, bool))
+            or value is None
+            or (isinstance(value, list) and all(isinstance(v, (str, int, bool)) for v in value))
+        )
         if not flat:
-            raise _refuse(name, f"custom.{key} must be a string, integer, boolean or a flat list of them "
-                                "(canonical JSON has no floats)")
+            raise _refuse(
+                name,
+                f"custom.{key} must be a string, integer, boolean or a flat list of them "
+                "(canonical JSON has no floats)",
+            )
     return custom
 
 

@@ -82,11 +82,14 @@ def open_envelope(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelo
     """Parse an envelope within `max_bytes`; checks structure only, trusts nothing."""
     raw = canonical.decode(data, max_bytes=max_bytes, what="assignment envelope")
     if raw.get("schema") != ENVELOPE_SCHEMA:
-        raise TrustError(Reason.SCHEMA_UNSUPPORTED,
-                         f"envelope schema must be {ENVELOPE_SCHEMA}, got {raw.get('schema')!r}")
+        raise TrustError(
+            Reason.SCHEMA_UNSUPPORTED, f"envelope schema must be {ENVELOPE_SCHEMA}, got {raw.get('schema')!r}"
+        )
     unknown = set(raw) - _ENVELOPE_FIELDS
     if unknown or not {"signed", "signatures"} <= set(raw):
-        raise TrustError(Reason.MALFORMED, f"envelope must hold signed and signatures (unknown: {sorted(unknown)})")
+        raise TrustError(
+            Reason.MALFORMED, f"envelope must hold signed and signatures (unknown: {sorted(unknown)})"
+        )
     signed = raw["signed"]
     if not isinstance(signed, dict):
         raise TrustError(Reason.MALFORMED, "envelope.signed must be an object")
@@ -106,7 +109,9 @@ def open_envelope(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelo
         signatures[sig.keyid] = sig
     raw_roots = raw.get("director_roots", [])
     if not isinstance(raw_roots, list) or len(raw_roots) > MAX_ROOTS_IN_ENVELOPE:
-        raise TrustError(Reason.MALFORMED, f"director_roots must be a list of at most {MAX_ROOTS_IN_ENVELOPE}")
+        raise TrustError(
+            Reason.MALFORMED, f"director_roots must be a list of at most {MAX_ROOTS_IN_ENVELOPE}"
+        )
     roots: list[Metadata[Root]] = []
     for r in raw_roots:
         try:
@@ -114,7 +119,9 @@ def open_envelope(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelo
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise TrustError(Reason.DIRECTOR_ROOT_INVALID, f"director root is malformed: {e}") from e
         if not isinstance(md.signed, Root):
-            raise TrustError(Reason.DIRECTOR_ROOT_INVALID, f"director_roots holds a {md.signed.type} document")
+            raise TrustError(
+                Reason.DIRECTOR_ROOT_INVALID, f"director_roots holds a {md.signed.type} document"
+            )
         roots.append(md)
     return Envelope(signed, canonical.encode(signed), signatures, tuple(roots))
 
@@ -129,30 +136,37 @@ def advance_root(trusted: Metadata[Root], candidates: Sequence[Metadata[Root]]) 
     for md in candidates:
         if md.signed.version > trusted.signed.version:
             if md.signed.version in by_version:
-                raise TrustError(Reason.DIRECTOR_ROOT_INVALID, f"two director roots claim version {md.signed.version}")
+                raise TrustError(
+                    Reason.DIRECTOR_ROOT_INVALID, f"two director roots claim version {md.signed.version}"
+                )
             by_version[md.signed.version] = md
     current = trusted
     for _ in range(len(by_version)):
         want = current.signed.version + 1
         nxt = by_version.get(want)
         if nxt is None:
-            raise TrustError(Reason.DIRECTOR_ROOT_INVALID,
-                             f"director root chain has a gap: expected version {want}, "
-                             f"got versions {sorted(by_version)}")
+            raise TrustError(
+                Reason.DIRECTOR_ROOT_INVALID,
+                f"director root chain has a gap: expected version {want}, got versions {sorted(by_version)}",
+            )
         try:
             current.signed.verify_delegate(Root.type, nxt.signed_bytes, nxt.signatures)
             nxt.signed.verify_delegate(Root.type, nxt.signed_bytes, nxt.signatures)
         except UnsignedMetadataError as e:
-            raise TrustError(Reason.DIRECTOR_ROOT_INVALID,
-                             f"director root v{want} is not signed by a threshold of v{want - 1} and v{want} "
-                             f"root keys: {e}") from e
+            raise TrustError(
+                Reason.DIRECTOR_ROOT_INVALID,
+                f"director root v{want} is not signed by a threshold of v{want - 1} and v{want} "
+                f"root keys: {e}",
+            ) from e
         current = nxt
     return current
 
 
 def check_root_fresh(root: Metadata[Root], effective_now: datetime) -> None:
     if root.signed.is_expired(effective_now):
-        raise TrustError(Reason.EXPIRED, f"director root v{root.signed.version} expired at {root.signed.expires}")
+        raise TrustError(
+            Reason.EXPIRED, f"director root v{root.signed.version} expired at {root.signed.expires}"
+        )
 
 
 def check_signature(root: Root, env: Envelope) -> None:
@@ -165,14 +179,19 @@ def check_signature(root: Root, env: Envelope) -> None:
     role = root.get_delegated_role(DIRECTOR_ROLE)
     known = [k for k in env.signatures if k in role.keyids]
     if not known:
-        raise TrustError(Reason.UNKNOWN_SIGNER,
-                         f"no signature by a director key (signed by {sorted(env.signatures) or 'nobody'})")
+        raise TrustError(
+            Reason.UNKNOWN_SIGNER,
+            f"no signature by a director key (signed by {sorted(env.signatures) or 'nobody'})",
+        )
     result = root.get_verification_result(DIRECTOR_ROLE, env.payload, env.signatures)
     if result.verified:
         return
     failed = [k for k in known if k not in result.signed]
     if failed:
-        raise TrustError(Reason.BAD_SIGNATURE,
-                         f"signature by director key {failed[0][:16]} does not match the payload")
-    raise TrustError(Reason.BELOW_THRESHOLD,
-                     f"{len(result.signed)} valid director signatures, threshold {result.threshold}")
+        raise TrustError(
+            Reason.BAD_SIGNATURE, f"signature by director key {failed[0][:16]} does not match the payload"
+        )
+    raise TrustError(
+        Reason.BELOW_THRESHOLD,
+        f"{len(result.signed)} valid director signatures, threshold {result.threshold}",
+    )

@@ -83,8 +83,10 @@ class Keyring:
         self.path = Path(path)
         for sub in _ROOT_DIRS.values():
             if not (self.path / sub / "1.root.json").is_file():
-                raise KeyringError(f"{self.path} is not a keyring: {sub}/1.root.json is missing "
-                                   "(create one with `edgefleet keys init`)")
+                raise KeyringError(
+                    f"{self.path} is not a keyring: {sub}/1.root.json is missing "
+                    "(create one with `edgefleet keys init`)"
+                )
 
     # --- creation ----------------------------------------------------------------------------------
 
@@ -102,9 +104,11 @@ class Keyring:
     ) -> Keyring:
         """Generate every key and version 1 of both roots. Refuses a folder that already holds keys."""
         path = Path(path)
-        for count, threshold, what in ((root_keys, root_threshold, "root"),
-                                       (director_root_keys, director_root_threshold, "director-root"),
-                                       (director_keys, director_threshold, "director")):
+        for count, threshold, what in (
+            (root_keys, root_threshold, "root"),
+            (director_root_keys, director_root_threshold, "director-root"),
+            (director_keys, director_threshold, "director"),
+        ):
             if not 1 <= threshold <= count:
                 raise KeyringError(f"{what}: threshold must be between 1 and {count}, got {threshold}")
         if (path / "private").exists() or (path / "image-root").exists():

@@ -144,7 +144,8 @@ class ImageRepository:
             if not self.store.exists(key):
                 self.store.write_bytes(key, item.data)
             current.signed.targets[item.name] = TargetFile(
-                len(item.data), {"sha256": sha256}, item.name, unrecognized_fields={"custom": custom})
+                len(item.data), {"sha256": sha256}, item.name, unrecognized_fields={"custom": custom}
+            )
             added.append(SignedTarget(item.name, len(item.data), sha256, custom))
         self._bump_targets(current)
         return tuple(added)
@@ -168,28 +169,44 @@ class ImageRepository:
         self._publish_snapshot(snapshot_version, data, targets_version=current.signed.version)
 
     def _publish_snapshot(self, version: int, targets_data: bytes, targets_version: int = 1) -> None:
-        meta = MetaFile(targets_version, len(targets_data), {"sha256": hashlib.sha256(targets_data).hexdigest()})
-        snapshot = Metadata(Snapshot(version=version, expires=_now() + timedelta(seconds=self.expiry.snapshot_s),
-                                     meta={"targets.json": meta}))
+        meta = MetaFile(
+            targets_version, len(targets_data), {"sha256": hashlib.sha256(targets_data).hexdigest()}
+        )
+        snapshot = Metadata(
+            Snapshot(
+                version=version,
+                expires=_now() + timedelta(seconds=self.expiry.snapshot_s),
+                meta={"targets.json": meta},
+            )
+        )
         data = self._write(f"{version}.snapshot.json", snapshot, "snapshot")
         self._publish_timestamp(version, data)
 
     def _publish_timestamp(self, snapshot_version: int, snapshot_data: bytes) -> None:
-        previous = (self.timestamp().signed.version
-                    if self.store.exists(METADATA_PREFIX + "timestamp.json") else 0)
-        meta = MetaFile(snapshot_version, len(snapshot_data),
-                        {"sha256": hashlib.sha256(snapshot_data).hexdigest()})
-        timestamp = Metadata(Timestamp(version=previous + 1,
-                                       expires=_now() + timedelta(seconds=self.expiry.timestamp_s),
-                                       snapshot_meta=meta))
+        previous = (
+            self.timestamp().signed.version if self.store.exists(METADATA_PREFIX + "timestamp.json") else 0
+        )
+        meta = MetaFile(
+            snapshot_version, len(snapshot_data), {"sha256": hashlib.sha256(snapshot_data).hexdigest()}
+        )
+        timestamp = Metadata(
+            Timestamp(
+                version=previous + 1,
+                expires=_now() + timedelta(seconds=self.expiry.timestamp_s),
+                snapshot_meta=meta,
+            )
+        )
         self._write("timestamp.json", timestamp, "timestamp")
 
     def refresh_snapshot(self) -> None:
         """Re-sign snapshot (and timestamp) with fresh expiry; also publishes any newer root."""
         self.publish_roots()
         targets = self.targets()
-        self._publish_snapshot(self.snapshot().signed.version + 1, self._read(
-            f"{targets.signed.version}.targets.json"), targets_version=targets.signed.version)
+        self._publish_snapshot(
+            self.snapshot().signed.version + 1,
+            self._read(f"{targets.signed.version}.targets.json"),
+            targets_version=targets.signed.version,
+        )
 
     def refresh_timestamp(self) -> None:
         """Re-sign timestamp with fresh expiry (run periodically; also after rotating the timestamp key)."""
@@ -201,8 +218,11 @@ class ImageRepository:
         """Roles whose current metadata expires within `horizon_s` (what a refresh loop should re-sign)."""
         at = (now or _now()) + timedelta(seconds=horizon_s)
         out = []
-        for role, md in (("timestamp", self.timestamp()), ("snapshot", self.snapshot()),
-                         ("targets", self.targets())):
+        for role, md in (
+            ("timestamp", self.timestamp()),
+            ("snapshot", self.snapshot()),
+            ("targets", self.targets()),
+        ):
             if md.signed.is_expired(at):
                 out.append(role)
         return out

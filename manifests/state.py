@@ -59,20 +59,26 @@ def enroll(device_id: str, director_root: bytes, image_root: bytes, now: datetim
             Metadata[Root].from_bytes(data)
         except Exception as e:  # python-tuf raises several types for bad input; all mean the same here
             raise TrustError(Reason.STATE_INVALID, f"{what} is not TUF root metadata: {e}") from e
-    return TrustedState(device_id=device_id, director_root=director_root, latest_known_time=now,
-                        image_metadata=MappingProxyType({"root": image_root}))
+    return TrustedState(
+        device_id=device_id,
+        director_root=director_root,
+        latest_known_time=now,
+        image_metadata=MappingProxyType({"root": image_root}),
+    )
 
 
 def encode(state: TrustedState) -> bytes:
-    return canonical.encode({
-        "schema": STATE_SCHEMA,
-        "device_id": state.device_id,
-        "director_root": state.director_root.decode("utf-8"),
-        "latest_known_time": format_time(state.latest_known_time),
-        "assignment_version": state.assignment_version,
-        "release_floors": dict(state.release_floors),
-        "image_metadata": {k: v.decode("utf-8") for k, v in state.image_metadata.items()},
-    })
+    return canonical.encode(
+        {
+            "schema": STATE_SCHEMA,
+            "device_id": state.device_id,
+            "director_root": state.director_root.decode("utf-8"),
+            "latest_known_time": format_time(state.latest_known_time),
+            "assignment_version": state.assignment_version,
+            "release_floors": dict(state.release_floors),
+            "image_metadata": {k: v.decode("utf-8") for k, v in state.image_metadata.items()},
+        }
+    )
 
 
 def decode(data: bytes) -> TrustedState:

@@ -40,8 +40,13 @@ class ObjectStore(Protocol):
 def check_store_key(key: str) -> str:
     """Refuse keys that are absolute, empty, contain `..`/`.` parts, backslashes or NUL."""
     parts = key.split("/")
-    if (not key or key.startswith("/") or "\\" in key or "\x00" in key
-            or any(p in ("", ".", "..") for p in parts)):
+    if (
+        not key
+        or key.startswith("/")
+        or "\\" in key
+        or "\x00" in key
+        or any(p in ("", ".", "..") for p in parts)
+    ):
         raise ValueError(f"store key {key!r} is not a plain relative path")
     return key
 
@@ -86,7 +91,7 @@ class StoreFetcher(FetcherInterface):
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(STORE_URL_PREFIX):
             raise DownloadHTTPError(f"{url} is not a {STORE_URL_PREFIX} URL", 400)
-        key = url[len(STORE_URL_PREFIX):]
+        key = url[len(STORE_URL_PREFIX) :]
         try:
             check_store_key(key)
         except ValueError as e:
@@ -94,4 +99,4 @@ class StoreFetcher(FetcherInterface):
         if not self.store.exists(key):
             raise DownloadHTTPError(f"{key} not found", 404)
         data = self.store.read_bytes(key)
-        return iter([data[i:i + _CHUNK_BYTES] for i in range(0, len(data), _CHUNK_BYTES)] or [b""])
+        return iter([data[i : i + _CHUNK_BYTES] for i in range(0, len(data), _CHUNK_BYTES)] or [b""])

@@ -25,7 +25,9 @@ METADATA_PREFIX = "metadata/"
 def validate_target_name(name: object) -> str:
     """Return `name` if it has the one allowed shape, else raise TrustError(target_name_invalid)."""
     if not isinstance(name, str):
-        raise TrustError(Reason.TARGET_NAME_INVALID, f"target name must be a string, got {type(name).__name__}")
+        raise TrustError(
+            Reason.TARGET_NAME_INVALID, f"target name must be a string, got {type(name).__name__}"
+        )
     if len(name.encode("utf-8")) > MAX_TARGET_NAME_BYTES:
         raise TrustError(Reason.TARGET_NAME_INVALID, f"target name longer than {MAX_TARGET_NAME_BYTES} bytes")
     parts = name.split("/")

@@ -116,13 +116,20 @@ def check_assignment(
     check_signature(root.signed, env)
     a = assignment_doc.from_dict(env.signed)
     if a.device_id != state.device_id:
-        raise TrustError(Reason.WRONG_DEVICE, f"assignment is for device {a.device_id!r}, this is {state.device_id!r}")
+        raise TrustError(
+            Reason.WRONG_DEVICE, f"assignment is for device {a.device_id!r}, this is {state.device_id!r}"
+        )
     if a.version <= state.assignment_version:
-        raise TrustError(Reason.REPLAYED,
-                         f"assignment version {a.version} is not above the last accepted {state.assignment_version}")
+        raise TrustError(
+            Reason.REPLAYED,
+            f"assignment version {a.version} is not above the last accepted {state.assignment_version}",
+        )
     if a.expires_at <= at:
-        raise TrustError(Reason.EXPIRED, f"assignment v{a.version} expired at {a.expires_at.isoformat()}, "
-                                         f"latest known time is {at.isoformat()}")
+        raise TrustError(
+            Reason.EXPIRED,
+            f"assignment v{a.version} expired at {a.expires_at.isoformat()}, "
+            f"latest known time is {at.isoformat()}",
+        )
     director_root = state.director_root if root is trusted_root else root.to_bytes()
     return CheckedAssignment(a, director_root, at)
 
@@ -135,9 +142,11 @@ def check_image_fresh(image_metadata: Mapping[str, bytes], at: datetime) -> None
             raise TrustError(Reason.IMAGE_INVALID, f"image repository gave no {role} metadata")
         md = Metadata.from_bytes(data)
         if md.signed.is_expired(at):
-            raise TrustError(Reason.IMAGE_EXPIRED,
-                             f"image {role} v{md.signed.version} expired at {md.signed.expires.isoformat()}, "
-                             f"latest known time is {at.isoformat()}")
+            raise TrustError(
+                Reason.IMAGE_EXPIRED,
+                f"image {role} v{md.signed.version} expired at {md.signed.expires.isoformat()}, "
+                f"latest known time is {at.isoformat()}",
+            )
 
 
 def signed_targets(targets_metadata: bytes) -> dict[str, SignedTarget]:
@@ -163,15 +172,19 @@ def match_targets(
         if t is None:
             raise TrustError(Reason.TARGET_UNKNOWN, f"image repository does not list {pin.name!r}")
         if t.length != pin.length or t.sha256 != pin.sha256:
-            raise TrustError(Reason.TARGET_MISMATCH,
-                             f"{pin.name!r}: director pinned {pin.length} bytes sha256 {pin.sha256[:16]}..., "
-                             f"image repository signed {t.length} bytes sha256 {t.sha256[:16]}...")
+            raise TrustError(
+                Reason.TARGET_MISMATCH,
+                f"{pin.name!r}: director pinned {pin.length} bytes sha256 {pin.sha256[:16]}..., "
+                f"image repository signed {t.length} bytes sha256 {t.sha256[:16]}...",
+            )
         check_custom(t.name, t.custom)
         counter = int(t.custom["release_counter"])
         if counter < floor:
-            raise TrustError(Reason.RELEASE_COUNTER_DOWNGRADE,
-                             f"{pin.name!r} has release_counter {counter}, this device accepts "
-                             f"{a.release.model} releases from {floor} on")
+            raise TrustError(
+                Reason.RELEASE_COUNTER_DOWNGRADE,
+                f"{pin.name!r} has release_counter {counter}, this device accepts "
+                f"{a.release.model} releases from {floor} on",
+            )
         out.append(t)
     if not any(t.kind == "variant" for t in out):
         raise TrustError(Reason.TARGET_UNKNOWN, f"assignment v{a.version} pins no model variant")

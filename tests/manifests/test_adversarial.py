@@ -118,8 +118,11 @@ def test_signed_target_claiming_another_release_refused(world: World) -> None:
 
     data = b"m" * 64
     world.publish_by_hand("models/digits/1/ort-fp32.onnx", data, variant_custom("digits", "9", 1))
-    world.publish_by_hand("models/digits/1/golden.npz", data,
-                          {"kind": "golden", "model": "digits", "version": "1", "release_counter": 1})
+    world.publish_by_hand(
+        "models/digits/1/golden.npz",
+        data,
+        {"kind": "golden", "model": "digits", "version": "1", "release_counter": 1},
+    )
     targets = tuple(t for t in world.repo.signed_targets() if t.name.startswith("models/digits/1/"))
     assert_refused(world, world.sign(world.assignment(targets)), Reason.TARGET_CUSTOM_MISMATCH)
 
@@ -145,8 +148,9 @@ def test_expired_assignment(world: World) -> None:
 def test_clock_set_back_to_1970_cannot_revive_old_assignment(world: World) -> None:
     targets = world.publish()
     issued = world.clock()
-    stale = world.assignment(targets, version=10, issued_at=issued - timedelta(days=2),
-                             expires_at=issued - timedelta(days=1))
+    stale = world.assignment(
+        targets, version=10, issued_at=issued - timedelta(days=2), expires_at=issued - timedelta(days=1)
+    )
     world.accept(targets, version=2)  # the device has seen "now"
     world.clock.t = datetime(1970, 1, 1, tzinfo=timezone.utc)
     assert_refused(world, world.sign(stale), Reason.EXPIRED)
@@ -225,17 +229,20 @@ def test_oversized_image_metadata(tmp_path: Path) -> None:
     assert_refused(world, world.sign(world.assignment(targets)), Reason.IMAGE_OVERSIZED)
 
 
-@pytest.mark.parametrize("name", [
-    "models/digits/1/../../../etc/passwd",
-    "/etc/passwd",
-    "models/digits/../1/ort-fp32.onnx",
-    "models/digits/1/..",
-    "models/digits/1/sub/ort-fp32.onnx",
-    "models/digits/1/a\\..\\..\\b",
-    "models/digits/1/.hidden",
-    "models/digits/1/a\x00b",
-    "models//1/x",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "models/digits/1/../../../etc/passwd",
+        "/etc/passwd",
+        "models/digits/../1/ort-fp32.onnx",
+        "models/digits/1/..",
+        "models/digits/1/sub/ort-fp32.onnx",
+        "models/digits/1/a\\..\\..\\b",
+        "models/digits/1/.hidden",
+        "models/digits/1/a\x00b",
+        "models//1/x",
+    ],
+)
 def test_target_names_escaping_the_store(world: World, name: str) -> None:
     targets = world.publish()
     body = A.to_dict(world.assignment(targets))
@@ -251,7 +258,9 @@ def test_director_root_rotation_without_new_keys_signature_refused(world: World)
         del v2.signatures[keyid]  # signed by v1's keys only: v2 does not vouch for itself
     from manifests import director
 
-    envelope = director.sign_envelope(world.assignment(targets), world.keys.signers("director"), [v2.to_bytes()])
+    envelope = director.sign_envelope(
+        world.assignment(targets), world.keys.signers("director"), [v2.to_bytes()]
+    )
     assert_refused(world, envelope, Reason.DIRECTOR_ROOT_INVALID)
 
 

@@ -16,13 +16,18 @@ T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
 
 
 def sample(**changes: Any) -> A.Assignment:
-    base = dict(device_id="edge-001", version=3, issued_at=T0, expires_at=T0 + timedelta(days=1),
-                release=A.ReleaseRef("digits", "2"),
-                targets=(A.TargetPin("models/digits/2/ort-fp32.onnx", 1234, "ab" * 32),),
-                gate=A.GatePolicy(min_accuracy=0.9, max_latency_p95_ms=12.5),
-                probation=A.ProbationPolicy(window_s=60.0),
-                capture=A.CapturePolicy(enabled=True, random_rate=0.01, max_samples_per_hour=100),
-                rollout_id="r-7")
+    base = dict(
+        device_id="edge-001",
+        version=3,
+        issued_at=T0,
+        expires_at=T0 + timedelta(days=1),
+        release=A.ReleaseRef("digits", "2"),
+        targets=(A.TargetPin("models/digits/2/ort-fp32.onnx", 1234, "ab" * 32),),
+        gate=A.GatePolicy(min_accuracy=0.9, max_latency_p95_ms=12.5),
+        probation=A.ProbationPolicy(window_s=60.0),
+        capture=A.CapturePolicy(enabled=True, random_rate=0.01, max_samples_per_hour=100),
+        rollout_id="r-7",
+    )
     base.update(changes)
     return A.Assignment(**base)
 
@@ -47,30 +52,42 @@ def body(**changes: Any) -> dict[str, Any]:
     return raw
 
 
-@pytest.mark.parametrize(("changes", "reason", "words"), [
-    ({"schema": 2}, Reason.SCHEMA_UNSUPPORTED, "schema"),
-    ({"surprise": 1}, Reason.MALFORMED, "unknown fields"),
-    ({"version": "3"}, Reason.MALFORMED, "version"),
-    ({"version": 0}, Reason.MALFORMED, "version"),
-    ({"version": True}, Reason.MALFORMED, "version"),
-    ({"device_id": "../x"}, Reason.MALFORMED, "device_id"),
-    ({"expires_at": "tomorrow"}, Reason.MALFORMED, "expires_at"),
-    ({"expires_at": "2026-11-24T11:00:00Z"}, Reason.MALFORMED, "expires_at must be after"),
-    ({"targets": []}, Reason.MALFORMED, "targets"),
-    ({"targets": [{"name": "models/other/2/x.onnx", "length": 1, "sha256": "ab" * 32}]},
-     Reason.MALFORMED, "not part of release"),
-    ({"targets": [{"name": "models/digits/2/x.onnx", "length": 1, "sha256": "AB" * 32}]},
-     Reason.MALFORMED, "sha256"),
-    ({"targets": [{"name": "models/digits/2/x.onnx", "length": -1, "sha256": "ab" * 32}]},
-     Reason.MALFORMED, "length"),
-    ({"gate": {"min_accuracy": 1.5}}, Reason.MALFORMED, "gate.min_accuracy"),
-    ({"gate": {"allow_int8": "yes"}}, Reason.MALFORMED, "gate.allow_int8"),
-    ({"probation": {"window_s": -1}}, Reason.MALFORMED, "probation.window_s"),
-    ({"probation": {"max_error_rate": None}}, Reason.MALFORMED, "may not be null"),
-    ({"capture": {"max_samples_per_hour": 1.5}}, Reason.MALFORMED, "capture.max_samples_per_hour"),
-    ({"capture": {"bogus": 1}}, Reason.MALFORMED, "unknown fields"),
-    ({"type": "status"}, Reason.MALFORMED, "type"),
-])
+@pytest.mark.parametrize(
+    ("changes", "reason", "words"),
+    [
+        ({"schema": 2}, Reason.SCHEMA_UNSUPPORTED, "schema"),
+        ({"surprise": 1}, Reason.MALFORMED, "unknown fields"),
+        ({"version": "3"}, Reason.MALFORMED, "version"),
+        ({"version": 0}, Reason.MALFORMED, "version"),
+        ({"version": True}, Reason.MALFORMED, "version"),
+        ({"device_id": "../x"}, Reason.MALFORMED, "device_id"),
+        ({"expires_at": "tomorrow"}, Reason.MALFORMED, "expires_at"),
+        ({"expires_at": "2026-11-24T11:00:00Z"}, Reason.MALFORMED, "expires_at must be after"),
+        ({"targets": []}, Reason.MALFORMED, "targets"),
+        (
+            {"targets": [{"name": "models/other/2/x.onnx", "length": 1, "sha256": "ab" * 32}]},
+            Reason.MALFORMED,
+            "not part of release",
+        ),
+        (
+            {"targets": [{"name": "models/digits/2/x.onnx", "length": 1, "sha256": "AB" * 32}]},
+            Reason.MALFORMED,
+            "sha256",
+        ),
+        (
+            {"targets": [{"name": "models/digits/2/x.onnx", "length": -1, "sha256": "ab" * 32}]},
+            Reason.MALFORMED,
+            "length",
+        ),
+        ({"gate": {"min_accuracy": 1.5}}, Reason.MALFORMED, "gate.min_accuracy"),
+        ({"gate": {"allow_int8": "yes"}}, Reason.MALFORMED, "gate.allow_int8"),
+        ({"probation": {"window_s": -1}}, Reason.MALFORMED, "probation.window_s"),
+        ({"probation": {"max_error_rate": None}}, Reason.MALFORMED, "may not be null"),
+        ({"capture": {"max_samples_per_hour": 1.5}}, Reason.MALFORMED, "capture.max_samples_per_hour"),
+        ({"capture": {"bogus": 1}}, Reason.MALFORMED, "unknown fields"),
+        ({"type": "status"}, Reason.MALFORMED, "type"),
+    ],
+)
 def test_refusals_name_the_field(changes: dict[str, Any], reason: Reason, words: str) -> None:
     with pytest.raises(TrustError) as info:
         A.from_dict(body(**changes))
@@ -86,13 +103,16 @@ def test_missing_policies_take_defaults() -> None:
     assert a.gate == A.GatePolicy() and a.capture == A.CapturePolicy() and a.rollout_id is None
 
 
-@pytest.mark.parametrize(("data", "reason"), [
-    (b'{"a": 1, "a": 2}', Reason.MALFORMED),
-    (b'{"a": NaN}', Reason.MALFORMED),
-    (b'[1, 2]', Reason.MALFORMED),
-    (b'\xff\xfe', Reason.MALFORMED),
-    (b"[" * 100000, Reason.OVERSIZED),
-])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b'{"a": 1, "a": 2}', Reason.MALFORMED),
+        (b'{"a": NaN}', Reason.MALFORMED),
+        (b"[1, 2]", Reason.MALFORMED),
+        (b"\xff\xfe", Reason.MALFORMED),
+        (b"[" * 100000, Reason.OVERSIZED),
+    ],
+)
 def test_parser_refuses_ambiguous_or_oversized_json(data: bytes, reason: Reason) -> None:
     with pytest.raises(TrustError) as info:
         canonical.decode(data, max_bytes=64 * 1024, what="doc")

@@ -45,8 +45,10 @@ def test_verified_plan_over_http_with_default_fetcher(world: World, http_repo: s
     assert plan.variants[0].custom["runtime"] == "onnxruntime" and plan.variants[0].accuracy == 0.97
     state = client.state()
     assert state.assignment_version == a.version and state.device_id == DEVICE_ID
-    assert Metadata.from_bytes(state.image_metadata["timestamp"]).signed.version == \
-        world.repo.timestamp().signed.version
+    assert (
+        Metadata.from_bytes(state.image_metadata["timestamp"]).signed.version
+        == world.repo.timestamp().signed.version
+    )
 
 
 def test_unreachable_repository_is_retryable_and_changes_nothing(world: World) -> None:

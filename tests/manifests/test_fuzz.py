@@ -20,10 +20,19 @@ def _mutations(envelope: bytes, rng: random.Random) -> list[bytes]:
         out.append(bytes(data))
     doc = json.loads(envelope)
     structural = [
-        {**doc, "signatures": "nope"}, {**doc, "signatures": [1, 2]}, {**doc, "signatures": [{"keyid": 1}]},
-        {**doc, "signed": []}, {**doc, "director_roots": [{"signed": {}}]}, {**doc, "director_roots": [1]},
+        {**doc, "signatures": "nope"},
+        {**doc, "signatures": [1, 2]},
+        {**doc, "signatures": [{"keyid": 1}]},
+        {**doc, "signed": []},
+        {**doc, "director_roots": [{"signed": {}}]},
+        {**doc, "director_roots": [1]},
         {**doc, "director_roots": [{"signed": {"_type": "timestamp"}, "signatures": []}]},
-        {**doc, "schema": "1"}, {k: v for k, v in doc.items() if k != "signed"}, [], "x", 1, None,
+        {**doc, "schema": "1"},
+        {k: v for k, v in doc.items() if k != "signed"},
+        [],
+        "x",
+        1,
+        None,
     ]
     out += [json.dumps(s).encode() for s in structural]
     out += [b"", b"{", b"\x00" * 10, envelope[: len(envelope) // 2]]

@@ -63,8 +63,13 @@ def test_cli_init_rotate_show(tmp_path: Path) -> None:
     keys = tmp_path / "k"
     result = runner.invoke(app, ["init", str(keys), "--root-keys", "5", "--root-threshold", "3"])
     assert result.exit_code == 0, result.output
-    assert Metadata[Root].from_bytes((keys / "image-root" / "1.root.json").read_bytes()).signed \
-        .roles["root"].threshold == 3
+    assert (
+        Metadata[Root]
+        .from_bytes((keys / "image-root" / "1.root.json").read_bytes())
+        .signed.roles["root"]
+        .threshold
+        == 3
+    )
     repo = tmp_path / "repo"
     from manifests.repository import ImageRepository
     from manifests.store import LocalFolderStore

@@ -20,8 +20,11 @@ from tests.manifests.world import now_s, variant_custom
 
 @pytest.fixture
 def repo(tmp_path: Path) -> ImageRepository:
-    r = ImageRepository(LocalFolderStore(tmp_path / "repo"), Keyring.create(tmp_path / "keys"),
-                        ExpiryPolicy(targets_s=30 * 86400.0, snapshot_s=3 * 86400.0, timestamp_s=3600.0))
+    r = ImageRepository(
+        LocalFolderStore(tmp_path / "repo"),
+        Keyring.create(tmp_path / "keys"),
+        ExpiryPolicy(targets_s=30 * 86400.0, snapshot_s=3 * 86400.0, timestamp_s=3600.0),
+    )
     r.initialize()
     return r
 
@@ -29,11 +32,19 @@ def repo(tmp_path: Path) -> ImageRepository:
 def updater(repo: ImageRepository, tmp_path: Path, name: str = "client") -> Updater:
     folder = tmp_path / name
     folder.mkdir(exist_ok=True)
-    return Updater(str(folder), "store:///metadata/", target_dir=str(folder), target_base_url="store:///targets/",
-                   fetcher=StoreFetcher(repo.store), bootstrap=repo.keyring.root_history("image")[0])
+    return Updater(
+        str(folder),
+        "store:///metadata/",
+        target_dir=str(folder),
+        target_base_url="store:///targets/",
+        fetcher=StoreFetcher(repo.store),
+        bootstrap=repo.keyring.root_history("image")[0],
+    )
 
 
-def test_python_tuf_client_downloads_and_verifies_a_published_target(repo: ImageRepository, tmp_path: Path) -> None:
+def test_python_tuf_client_downloads_and_verifies_a_published_target(
+    repo: ImageRepository, tmp_path: Path
+) -> None:
     model = b"onnx-bytes" * 1000
     t = repo.add_target("models/digits/1/ort-fp32.onnx", model, variant_custom("digits", "1", 4))
     assert t.sha256 == hashlib.sha256(model).hexdigest()
@@ -60,8 +71,14 @@ def test_versions_consistent_snapshots_and_per_role_expiry(repo: ImageRepository
     repo.add_target("models/digits/1/ort-fp32.onnx", b"1", variant_custom("digits", "1", 1))
     repo.add_target("models/digits/2/ort-fp32.onnx", b"2", variant_custom("digits", "2", 1))
     store = repo.store
-    for key in ("metadata/1.root.json", "metadata/1.targets.json", "metadata/2.targets.json",
-                "metadata/3.targets.json", "metadata/3.snapshot.json", "metadata/timestamp.json"):
+    for key in (
+        "metadata/1.root.json",
+        "metadata/1.targets.json",
+        "metadata/2.targets.json",
+        "metadata/3.targets.json",
+        "metadata/3.snapshot.json",
+        "metadata/timestamp.json",
+    ):
         assert store.exists(key), key
     assert Metadata.from_bytes(store.read_bytes("metadata/1.root.json")).signed.consistent_snapshot
     ts, snap, targets = repo.timestamp().signed, repo.snapshot().signed, repo.targets().signed
@@ -80,7 +97,9 @@ def test_versions_consistent_snapshots_and_per_role_expiry(repo: ImageRepository
 def test_release_is_one_targets_version_and_remove_unlists(repo: ImageRepository) -> None:
     from manifests.repository import NewTarget
 
-    repo.add_targets([NewTarget(f"models/m/1/{v}", v.encode(), variant_custom("m", "1", 1)) for v in ("a", "b")])
+    repo.add_targets(
+        [NewTarget(f"models/m/1/{v}", v.encode(), variant_custom("m", "1", 1)) for v in ("a", "b")]
+    )
     assert repo.targets().signed.version == 2
     repo.remove_targets(["models/m/1/a"])
     assert [t.name for t in repo.signed_targets()] == ["models/m/1/b"]
@@ -88,23 +107,29 @@ def test_release_is_one_targets_version_and_remove_unlists(repo: ImageRepository
         repo.remove_targets(["models/m/1/a"])
 
 
-@pytest.mark.parametrize("name", ["../x", "/abs/path", "models/m/1/../../x", "models/m/1/a\\b", "models/m/1/a/b"])
+@pytest.mark.parametrize(
+    "name", ["../x", "/abs/path", "models/m/1/../../x", "models/m/1/a\\b", "models/m/1/a/b"]
+)
 def test_writer_refuses_names_that_escape(repo: ImageRepository, name: str) -> None:
     with pytest.raises(RepositoryWriteError, match="target_name_invalid"):
         repo.add_target(name, b"x", variant_custom("m", "1", 1))
     assert repo.targets().signed.version == 1
 
 
-@pytest.mark.parametrize(("custom", "words"), [
-    (variant_custom("m", "2", 1), "differ from the name"),
-    (variant_custom("m", "1", -1), "release_counter"),
-    (variant_custom("m", "1", 1, runtime="tflite"), "runtime"),
-    (variant_custom("m", "1", 1, precision="fp64"), "precision"),
-    (variant_custom("m", "1", 1, accuracy="high"), "accuracy"),
-    (variant_custom("m", "1", 1, extra={"nested": 1}), "flat list"),
-])
-def test_writer_refuses_incomplete_custom_fields(repo: ImageRepository, custom: dict[str, object],
-                                                 words: str) -> None:
+@pytest.mark.parametrize(
+    ("custom", "words"),
+    [
+        (variant_custom("m", "2", 1), "differ from the name"),
+        (variant_custom("m", "1", -1), "release_counter"),
+        (variant_custom("m", "1", 1, runtime="tflite"), "runtime"),
+        (variant_custom("m", "1", 1, precision="fp64"), "precision"),
+        (variant_custom("m", "1", 1, accuracy="high"), "accuracy"),
+        (variant_custom("m", "1", 1, extra={"nested": 1}), "flat list"),
+    ],
+)
+def test_writer_refuses_incomplete_custom_fields(
+    repo: ImageRepository, custom: dict[str, object], words: str
+) -> None:
     with pytest.raises(RepositoryWriteError, match=words):
         repo.add_target("models/m/1/x.onnx", b"x", custom)
 
