@@ -1,8 +1,8 @@
 """Building the configured `ArtifactStore` from a URL, so settings carry one string.
 
-    file:///var/lib/edgefleet/artifacts      LocalArtifactStore (a relative path: file:relative/dir)
-    s3://bucket/optional/prefix              S3ArtifactStore; endpoint and keys come as arguments
-                                             (from settings), never inside the URL, so logs stay clean
+file:///var/lib/edgefleet/artifacts      LocalArtifactStore (a relative path: file:relative/dir)
+s3://bucket/optional/prefix              S3ArtifactStore; endpoint and keys come as arguments
+                                         (from settings), never inside the URL, so logs stay clean
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ def store_from_url(
     """The store named by `url`. `signer` is used by the local store only (S3 presigns itself)."""
     parts = urlsplit(url)
     if parts.scheme == "file":
-        raw = unquote(parts.netloc + parts.path) if parts.netloc not in ("", "localhost") else unquote(parts.path)
+        raw = (
+            unquote(parts.netloc + parts.path)
+            if parts.netloc not in ("", "localhost")
+            else unquote(parts.path)
+        )
         if not raw:
             raise ValueError(f"artifact store URL {url!r} names no folder")
         return LocalArtifactStore(Path(raw), signer=signer)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import Annotated
+from typing import Annotated, BinaryIO, cast
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -159,7 +159,9 @@ def artifact_router(
         authorize("PUT", key, expires, signature)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
-            raise HTTPException(status_code=413, detail=f"upload is over the limit of {max_upload_bytes} bytes")
+            raise HTTPException(
+                status_code=413, detail=f"upload is over the limit of {max_upload_bytes} bytes"
+            )
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as spool:
             received = 0
             async for chunk in request.stream():
@@ -172,7 +174,10 @@ def artifact_router(
             spool.seek(0)
             try:
                 written = await run_in_threadpool(
-                    store.write_stream, key, spool, max_bytes=max_upload_bytes  # type: ignore[arg-type]
+                    store.write_stream,
+                    key,
+                    cast(BinaryIO, spool),
+                    max_bytes=max_upload_bytes,
                 )
             except ArtifactTooLarge as e:
                 raise HTTPException(status_code=413, detail=str(e)) from e

@@ -226,4 +226,3 @@ class LocalArtifactStore:
                 "this local artifact store has no URL signer: configure the controller's public artifact URL"
             )
         return self.signer
-

@@ -40,7 +40,9 @@ class UrlSigner:
 
     def __post_init__(self) -> None:
         if len(self.secret) < MIN_SECRET_BYTES:
-            raise ValueError(f"presign secret must be at least {MIN_SECRET_BYTES} bytes, got {len(self.secret)}")
+            raise ValueError(
+                f"presign secret must be at least {MIN_SECRET_BYTES} bytes, got {len(self.secret)}"
+            )
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"presign base URL must be http(s), got {self.base_url!r}")
 
