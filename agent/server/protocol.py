@@ -92,7 +92,11 @@ def _from_json_data(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...], whe
             raise RequestError(f"{where}: BOOL data must be true/false, got {raw.dtype} values")
     elif dtype.kind in _INT_KINDS:
         if kind not in _INT_KINDS:
-            raise RequestError(f"{where}: {dtype} data must be integers, got {raw.dtype} values")
+            # numpy turns integers beyond int64 (valid UINT64 values) into floats: look at the leaves.
+            leaves = np.asarray(data, dtype=object).ravel().tolist()
+            if not all(type(v) is int for v in leaves):
+                raise RequestError(f"{where}: {dtype} data must be integers, got {raw.dtype} values")
+            raw = np.asarray(leaves, dtype=object)
         info = np.iinfo(dtype)
         if int(raw.min()) < info.min or int(raw.max()) > info.max:
             raise RequestError(f"{where}: values outside the range of {dtype} [{info.min}, {info.max}]")
