@@ -5,6 +5,8 @@
       ├── artifact store (file:// | s3://) + URL signer    served at /artifacts (Range, presigned)
       ├── fleet CA, enrollment rate limiter, trust roots
       ├── model registry + background build worker         started/stopped with the app
+      ├── image repository refresher (snapshot/timestamp)  started/stopped with the app
+      ├── MQTT bridge → device registry (optional)         connects in the background, retrying
       └── routers: /healthz, /api/v1/{tokens,enrollment-tokens,enroll,devices,models,ca,broker}
 
 Nothing here runs at import time: tests build as many apps as they like, each with its own settings.
@@ -28,13 +30,17 @@ from controller.api.errors import install_error_handlers
 from controller.api.limits import BodySizeLimit
 from controller.artifacts import ArtifactStore, UrlSigner, store_from_url
 from controller.artifacts.http import artifact_router
+from controller.artifacts.refresh import RepositoryRefresher
+from controller.background import BackgroundStart
 from controller.build import build_variants
 from controller.db import make_engine, make_session_factory
 from controller.db import migrate as db_migrate
+from controller.devices import DatabaseFleetSink
 from controller.enrollment.ca import FleetCA
 from controller.enrollment.ratelimit import RateLimiter
 from controller.enrollment.trust import TrustRoots
-from controller.registry.repository import default_publisher, default_trust_roots
+from controller.mqtt.bridge import BridgeConfig, MqttBridge
+from controller.registry.repository import RepositoryPublisher, default_publisher, default_trust_roots
 from controller.registry.service import BuildFn, ModelRegistry
 from controller.settings import Settings
 
@@ -108,15 +114,34 @@ def create_app(
         registry=registry,
     )
 
+    background: list[Any] = [registry]
+    if isinstance(registry.publisher, RepositoryPublisher):
+        publisher_ = registry.publisher
+        background.append(RepositoryRefresher(publisher_.repository, publisher_.lock))
+    if settings.mqtt_bridge:
+        bridge = MqttBridge(
+            BridgeConfig(
+                host=settings.mqtt_host,
+                port=settings.mqtt_port,
+                username=settings.mqtt_bridge_username,
+                password=settings.mqtt_bridge_password,
+            ),
+            DatabaseFleetSink(session_factory),
+        )
+        ctx.extras["bridge"] = bridge
+        background.append(BackgroundStart(bridge, what="MQTT bridge"))
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             db_migrate.upgrade(engine)
-        registry.start()
+        for service in background:
+            service.start()
         try:
             yield
         finally:
-            registry.stop()
+            for service in reversed(background):
+                service.stop()
             engine.dispose()
 
     app = FastAPI(

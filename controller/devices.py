@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from agent import wire
 from controller.db.base import utcnow
 from controller.db.models import Device, DeviceEvent, DeviceTag
 from controller.enrollment.service import check_hardware_class, check_tags
@@ -154,3 +155,49 @@ def record_event(
 
 def history_query(device_id: str) -> Select[DeviceEvent]:
     return select(DeviceEvent).where(DeviceEvent.device_id == device_id).order_by(DeviceEvent.id.desc())
+
+
+class DatabaseFleetSink:
+    """The MQTT bridge's `FleetSink`: applies decoded device messages to the registry.
+
+    Times are the controller's receive times: a device clock may be wrong (no RTC, 1970 after a
+    reboot); the device's own `sent_at` is kept in the history detail for diagnosis.
+    """
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._sessions = session_factory
+
+    def on_status(self, status: wire.Status) -> None:
+        active = status.active
+        with self._sessions() as session:
+            applied = record_status(
+                session,
+                status.device_id,
+                model=active.model if active else None,
+                version=active.version if active else None,
+                variant=active.variant if active else None,
+                update_state=status.state,
+                last_error=status.last_error,
+            )
+            if applied:
+                session.commit()
+
+    def on_event(self, event: wire.Event) -> None:
+        detail: dict[str, Any] = {
+            "seq": event.seq,
+            "sent_at": event.sent_at,
+            "assignment_version": event.assignment_version,
+            "rollout_id": event.rollout_id,
+            "model": event.model,
+            "version": event.version,
+            "reason": event.reason,
+            "details": dict(event.details),
+        }
+        with self._sessions() as session:
+            if record_event(session, event.device_id, event.kind, detail):
+                session.commit()
+
+    def on_presence(self, presence: wire.Presence) -> None:
+        with self._sessions() as session:
+            if record_presence(session, presence.device_id, online=presence.state == "online"):
+                session.commit()

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     mqtt_host: str = Field("127.0.0.1", description="Broker host handed to devices at enrollment.")
     mqtt_port: int = Field(1883, ge=1, le=65535)
     mqtt_tls: bool = False
+    mqtt_bridge: bool = Field(False, description="Connect to the broker and apply device reports.")
+    mqtt_bridge_username: str | None = None
+    mqtt_bridge_password: str | None = None
 
     device_cert_validity_days: int = Field(365, ge=1, le=3650)
     enrollment_token_ttl_s: int = Field(24 * 3600, ge=60)

@@ -85,7 +85,7 @@ class RepositoryPublisher:
     def __init__(self, settings: Settings, store: ArtifactStore) -> None:
         self._settings = settings
         self._store = PrefixedStore(store, REPOSITORY_PREFIX)
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     def repository(self) -> ImageRepository:
         keyring = _open_keyring(self._settings)
@@ -99,15 +99,15 @@ class RepositoryPublisher:
         return repo
 
     def publish(self, targets: Sequence[NewTarget]) -> tuple[SignedTarget, ...]:
-        with self._lock:
+        with self.lock:
             return self.repository().add_targets(targets)
 
     def withdraw(self, names: Sequence[str]) -> None:
-        with self._lock:
+        with self.lock:
             self.repository().remove_targets(names)
 
     def published_names(self) -> set[str]:
-        with self._lock:
+        with self.lock:
             return {t.name for t in self.repository().signed_targets()}
 
 

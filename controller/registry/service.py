@@ -135,7 +135,7 @@ class ModelRegistry:
         self._store = store
         self._build_fn = build_fn
         self._build_options = build_options or BuildOptions()
-        self._publisher = publisher
+        self.publisher = publisher
         self.max_model_bytes = max_model_bytes
         self.max_golden_bytes = max_golden_bytes
         self._workers = workers
@@ -399,7 +399,7 @@ class ModelRegistry:
             )
         )
         try:
-            self._publisher.publish(targets)
+            self.publisher.publish(targets)
         except ControllerError:
             raise
         except Exception as e:

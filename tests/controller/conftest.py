@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class ControllerEnv:
         return self.client.app.state.ctx  # type: ignore[attr-defined]
 
 
+@contextmanager
 def start_env(settings: Settings, **ports: Any) -> Iterator[ControllerEnv]:
     app = create_app(settings, **ports)
     with TestClient(app) as client:
@@ -88,4 +90,5 @@ def controller_settings(tmp_path: Path, db_url: str, keyring_dir: Path) -> Setti
 
 @pytest.fixture
 def env(controller_settings: Settings) -> Iterator[ControllerEnv]:
-    yield from start_env(controller_settings)
+    with start_env(controller_settings) as started:
+        yield started

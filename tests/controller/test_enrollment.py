@@ -210,7 +210,7 @@ def test_bad_keys_and_csrs_are_refused(env: ControllerEnv) -> None:
 
 def test_enrollment_is_rate_limited(controller_settings: Settings) -> None:
     settings = controller_settings.model_copy(update={"enrollment_burst": 3, "enrollment_rate_per_minute": 1.0})
-    for env in start_env(settings):
+    with start_env(settings) as env:
         codes = [env.client.post("/api/v1/enroll", json={"token": f"efe_guess-{i}", "csr": "x",
                                                           "hardware_class": "x"}).status_code for i in range(5)]
         assert 429 not in codes[:3]

@@ -117,7 +117,7 @@ def test_oversized_upload_is_refused_before_anything_is_stored(controller_settin
                                                                 digits_mlp: SampleModel) -> None:
     model, golden = digits_mlp.path.read_bytes(), digits_mlp.golden_path.read_bytes()
     settings = controller_settings.model_copy(update={"max_model_bytes": len(model) - 1})
-    for env in start_env(settings):
+    with start_env(settings) as env:
         r = _upload(env, model, golden)
         assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
         assert env.client.get("/api/v1/models", headers=env.auth("viewer")).json()["total"] == 0
@@ -129,7 +129,7 @@ def test_failed_publish_marks_release_failed_and_cleans_up(controller_settings: 
     from controller.build import BuildOptions
 
     settings = controller_settings.model_copy(update={"keys_dir": tmp_path / "no-keys-here"})
-    for env in start_env(settings):
+    with start_env(settings) as env:
         # Keep this build short: the point is what happens after it.
         env.ctx.registry._build_options = BuildOptions(variants=("onnxruntime-fp32",), latency_runs=3)
         r = _upload(env, digits_mlp.path.read_bytes(), digits_mlp.golden_path.read_bytes(), version="2.0")
