@@ -166,6 +166,12 @@ class AgentSession:
         self._send(entry)
         return entry.seq
 
+    def publish_telemetry(self, build_payload: Callable[[int, str], bytes]) -> int:
+        """Persist one telemetry batch (`build_payload(seq, stream)` encodes it), then send it; returns its seq."""
+        entry = self.outbox.enqueue("telemetry", build_payload)
+        self._send(entry)
+        return entry.seq
+
     def wait_drained(self, timeout_s: float) -> bool:
         """True once the broker acknowledged everything in the outbox."""
         deadline = time.monotonic() + timeout_s
