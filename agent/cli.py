@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 # subcommand -> (module, one-line help); each feature adds its own line.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "enroll": ("agent.enroll", "Enroll this device with a one-time token (key generated here, never sent)"),
     "profile": ("agent.hardware.cli", "Print this device's hardware profile as JSON"),
     "serve": ("agent.server.cli", "Serve one model file over the Open Inference Protocol"),
 }
