@@ -30,7 +30,7 @@ from datetime import timedelta
 from typing import Any, BinaryIO, Protocol
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.artifacts import ArtifactStore
@@ -253,6 +253,12 @@ class ModelRegistry:
         self._threads = []
 
     def _requeue_interrupted(self) -> None:
+        try:
+            self._requeue_stale()
+        except SQLAlchemyError as e:  # e.g. an unmigrated database: /healthz says so; builds wait
+            log.error("cannot look for interrupted builds: %s", e)
+
+    def _requeue_stale(self) -> None:
         stale_before = utcnow() - timedelta(seconds=self._stale_build_s)
         with self._sessions() as session:
             session.execute(

@@ -41,7 +41,11 @@ def pg_server(
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'controller.db'}"
-    server: Postgres = request.getfixturevalue("pg_server")
+    return new_pg_database(request.getfixturevalue("pg_server"))
+
+
+def new_pg_database(server: Postgres) -> str:
+    """A fresh, empty database on `server`; returns its SQLAlchemy URL."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin_dsn = server.dsn.rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
