@@ -25,6 +25,7 @@ Publishing (signing targets) and the database are the caller's: this module neve
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import tempfile
 import time
@@ -44,6 +45,8 @@ from controller.build.golden import GoldenSet, fit_to_model, parse_golden
 from controller.build.model_check import ModelInfo, describe_model, load_model, min_onnxruntime_for
 from controller.build.openvino_ir import convert_ir, openvino_runner, openvino_version
 from controller.build.tensorrt_variant import TensorRTSettings, tensorrt_custom
+
+log = logging.getLogger(__name__)
 
 ALL_VARIANTS = ("onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-fp16", "tensorrt-fp16")
 _FILES = {"onnxruntime-fp32": ".onnx", "onnxruntime-int8": ".onnx", "openvino-fp32": ".tar",
@@ -148,14 +151,24 @@ class BuildReport:
         raise KeyError(variant_id)
 
 
-def check_release(model_bytes: bytes, golden_bytes: bytes, *, limits: BuildLimits | None = None) -> CheckedRelease:
-    """Check the model and the golden set against each other; raise InvalidModel / InvalidGoldenSet."""
+def check_release(model_bytes: bytes, golden_bytes: bytes, *, limits: BuildLimits | None = None,
+                  probe_samples: int | None = None) -> CheckedRelease:
+    """Check the model and the golden set against each other; raise InvalidModel / InvalidGoldenSet.
+
+    `probe_samples` runs the model on only the first N golden inputs: for the upload request, where a
+    large golden set on a large model would hold the request for long. The result then covers only
+    those samples; the build checks again on all of them.
+    """
     limits = limits or BuildLimits()
     model = load_model(model_bytes, max_model_bytes=limits.max_model_bytes)
     info = describe_model(model)
     golden = fit_to_model(parse_golden(golden_bytes, max_bytes=limits.max_golden_bytes,
                                        max_uncompressed_bytes=limits.max_golden_uncompressed_bytes,
                                        max_samples=limits.max_golden_samples), info)
+    if probe_samples is not None:
+        golden = GoldenSet(golden.inputs[:probe_samples],
+                           None if golden.labels is None else golden.labels[:probe_samples],
+                           None if golden.reference_outputs is None else golden.reference_outputs[:probe_samples])
     try:
         runner = onnxruntime_runner(model_bytes, threads=1)
         outputs = run_batched(runner, golden.inputs, batch_size=64, static_batch=_static_batch(info))
@@ -281,6 +294,11 @@ class _Builder:
         except VariantBuildError as e:
             return BuiltVariant(variant_id, runtime, precision, target, None, "failed", False, 0, "", None,
                                 time.perf_counter() - started, {}, reason=str(e))
+        except Exception as e:  # a converter bug must not cost the release its other variants
+            log.exception("variant %s of %s/%s failed unexpectedly", variant_id, self.model, self.version)
+            return BuiltVariant(variant_id, runtime, precision, target, None, "failed", False, 0, "", None,
+                                time.perf_counter() - started, {},
+                                reason=f"internal_error: {type(e).__name__}: {str(e)[:300]}")
         status, reason = self.judge(evaluation)
         custom = {**self.base_custom("variant"), "runtime": runtime, "precision": precision, **fields,
                   "evaluated": evaluation is not None}

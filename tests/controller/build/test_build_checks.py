@@ -139,3 +139,21 @@ def test_float64_inputs_are_cast(mlp_bytes: bytes, digits_mlp: SampleModel) -> N
     golden = digits_mlp.golden
     checked = check_release(mlp_bytes, _npz(inputs=golden.inputs.astype(np.float64), labels=golden.labels))
     assert checked.golden.inputs.dtype == np.float32
+
+
+def test_probe_checks_only_the_first_samples(mlp_bytes: bytes, digits_mlp: SampleModel) -> None:
+    """The request-time probe sees only the first rows: a mismatch there is caught, later rows are not run."""
+    golden = digits_mlp.golden
+    reference = golden.reference_outputs.copy()
+    reference[100:] = np.roll(reference[100:], 1, axis=1)  # wrong only after row 100
+    data = _npz(inputs=golden.inputs, labels=golden.labels, reference_outputs=reference)
+    probed = check_release(mlp_bytes, data, probe_samples=32)
+    assert len(probed.golden) == 32
+    with pytest.raises(InvalidGoldenSet) as caught:
+        check_release(mlp_bytes, data)
+    assert caught.value.reason == "reference_mismatch"
+    early = golden.reference_outputs.copy()
+    early[:32] = np.roll(early[:32], 1, axis=1)
+    with pytest.raises(InvalidGoldenSet):
+        check_release(mlp_bytes, _npz(inputs=golden.inputs, labels=golden.labels, reference_outputs=early),
+                      probe_samples=32)
