@@ -61,10 +61,17 @@ class _Stream:
 
     def readinto(self, buffer: memoryview) -> int:
         try:
-            n = self.body.readinto(buffer)
+            if isinstance(self.body, http.client.HTTPResponse):
+                # read1: return what one receive brings. readinto would block until the whole buffer
+                # is full, so a server trickling one byte at a time would never let the stager check
+                # its deadline or minimum speed.
+                data = self.body.read1(len(buffer))
+                n = len(data)
+                buffer[:n] = data
+                return n
+            return self.body.readinto(buffer) or 0
         except (OSError, http.client.HTTPException) as e:
             raise TransferError(f"connection broke while reading: {e}") from e
-        return n or 0
 
     def close(self) -> None:
         self.body.close()

@@ -183,6 +183,9 @@ class Stager:
                 received = self._pump(target, stream, out, hasher, offset, deadline, progress)
                 out.flush()
                 os.fsync(out.fileno())
+        except IntegrityError:
+            part.unlink(missing_ok=True)
+            raise
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 part.unlink(missing_ok=True)

@@ -1,0 +1,179 @@
+"""Staging throughput against the physical limit of this machine, measured in the same run.
+
+    limit = min(raw sha256 over the bytes, raw write + fsync of the bytes to the staging disk,
+                raw loopback download of the bytes)
+    stage = Stager.stage: download + sha256 + write + fsync + rename into the slot store
+
+The server runs in a separate process (its own interpreter), serving the bytes from memory. Each
+figure is the median of several rounds, the measurements interleaved round by round so background
+load on a shared machine hits all of them alike. A naive download-then-hash-then-write loop is
+printed for context. The last line is one JSON object (headline: ratio_vs_limit, stage_mb_s,
+limit_mb_s).
+
+    .venv/bin/python bench/stage.py [--quick] [--size-mb N] [--rounds N] [--dir PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.slots import FileSlotStore  # noqa: E402
+from agent.staging import Stager, StagingConfig  # noqa: E402
+from manifests.verify import SignedTarget  # noqa: E402
+
+CHUNK = 1 << 20
+SERVER = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+data = memoryview(open(sys.argv[1], "rb").read())
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        for i in range(0, len(data), 4 << 20):
+            self.wfile.write(data[i:i + (4 << 20)])
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+
+def mb_s(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e6
+
+
+def raw_hash(data: memoryview) -> float:
+    t = time.perf_counter()
+    h = hashlib.sha256()
+    for i in range(0, len(data), CHUNK):
+        h.update(data[i:i + CHUNK])
+    h.hexdigest()
+    return time.perf_counter() - t
+
+
+def raw_write(data: memoryview, folder: Path) -> float:
+    path = folder / "raw-write.bin"
+    t = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        for i in range(0, len(data), CHUNK):
+            f.write(data[i:i + CHUNK])
+        os.fsync(f.fileno())
+    elapsed = time.perf_counter() - t
+    path.unlink()
+    return elapsed
+
+
+def raw_download(url: str) -> float:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    t = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=60) as r:
+        while r.readinto(view):
+            pass
+    return time.perf_counter() - t
+
+
+def naive(url: str, folder: Path) -> float:
+    path = folder / "naive.bin"
+    t = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=60) as r:
+        body = r.read()
+    digest = hashlib.sha256(body).hexdigest()
+    with open(path, "wb") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    elapsed = time.perf_counter() - t
+    assert digest
+    path.unlink()
+    return elapsed
+
+
+class Url:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def url_for(self, target: SignedTarget, fresh: bool = False) -> str:
+        return self.url
+
+
+def stage(url: str, target: SignedTarget, folder: Path) -> float:
+    root = folder / "device"
+    stager = Stager(root / "staging", FileSlotStore(root), config=StagingConfig(reserve_bytes=0))
+    t = time.perf_counter()
+    result = stager.stage(target, Url(url))
+    elapsed = time.perf_counter() - t
+    assert result.path.stat().st_size == target.length
+    shutil.rmtree(root)
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="256 MB, 3 rounds (under a minute)")
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None, help="staging disk (default: a temp folder)")
+    args = parser.parse_args()
+    size = (256 if args.quick else args.size_mb) * 1_000_000
+    rounds = 3 if args.quick else args.rounds
+    with tempfile.TemporaryDirectory(prefix="bench-stage-", dir=args.dir) as tmp:
+        folder = Path(tmp)
+        data = os.urandom(size)
+        source = folder / "source.bin"
+        source.write_bytes(data)
+        target = SignedTarget("models/bench/1/blob.bin", size, hashlib.sha256(data).hexdigest(), {})
+        server = subprocess.Popen([sys.executable, "-c", SERVER, str(source)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            url = f"http://127.0.0.1:{server.stdout.readline().strip()}/blob"
+            view = memoryview(data)
+            times: dict[str, list[float]] = {k: [] for k in ("hash", "write_fsync", "download", "naive", "stage")}
+            print(f"staging {size / 1e6:.0f} MB over loopback HTTP into {folder}, {rounds} rounds")
+            for r in range(rounds):
+                times["hash"].append(raw_hash(view))
+                times["write_fsync"].append(raw_write(view, folder))
+                times["download"].append(raw_download(url))
+                times["naive"].append(naive(url, folder))
+                times["stage"].append(stage(url, target, folder))
+                print(f"  round {r + 1}: " + ", ".join(f"{k} {mb_s(size, v[-1]):.0f} MB/s" for k, v in times.items()))
+        finally:
+            server.terminate()
+            server.wait()
+    figures = {k: mb_s(size, statistics.median(v)) for k, v in times.items()}
+    limit = min(figures["hash"], figures["write_fsync"], figures["download"])
+    result = {
+        "ratio_vs_limit": round(figures["stage"] / limit, 3),
+        "stage_mb_s": round(figures["stage"], 1),
+        "limit_mb_s": round(limit, 1),
+        "hash_mb_s": round(figures["hash"], 1),
+        "write_fsync_mb_s": round(figures["write_fsync"], 1),
+        "download_mb_s": round(figures["download"], 1),
+        "naive_mb_s": round(figures["naive"], 1),
+        "size_mb": round(size / 1e6),
+        "rounds": rounds,
+    }
+    print(f"limit {limit:.0f} MB/s (slowest of hash / write+fsync / download); stage {figures['stage']:.0f} MB/s "
+          f"= {result['ratio_vs_limit']:.2f} of the limit; naive loop {figures['naive']:.0f} MB/s")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
