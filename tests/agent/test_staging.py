@@ -3,6 +3,7 @@ expiring presigned URLs, file:// and a real small filesystem that fills up."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -234,11 +235,8 @@ def test_disk_filling_up_mid_download_aborts_cleanly(small_fs: Path) -> None:
 
     def fill(position: int, length: int) -> None:
         if not filler.exists():  # another process takes the rest of the disk
-            with open(filler, "wb") as f:
-                try:
-                    f.write(b"\x00" * (4 * MIB))
-                except OSError:
-                    pass
+            with open(filler, "wb") as f, contextlib.suppress(OSError):
+                f.write(b"\x00" * (4 * MIB))
 
     with serve({"m": data}) as server, pytest.raises(DiskSpaceError, match="filled up"):
         stager(small_fs, chunk_bytes=256 * 1024).stage(target, FixedUrl(server.url("m")), progress=fill)
