@@ -135,7 +135,9 @@ class InferenceServer:
         return f"http://{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # lingering_time: after refusing a body, read and discard what the client still sends for at
+        # most this long (keeps the connection usable) instead of aiohttp's 10 s.
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, lingering_time=1.0)
         await self._runner.setup()
         if self.config.unix_socket is not None:
             path = self.config.unix_socket
