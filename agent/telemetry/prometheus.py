@@ -14,23 +14,18 @@ Exported families (model labels: model, version, variant):
 | edgefleet_system_cpu_percent, …_memory_used_bytes, …_disk_used_percent, …_temperature_celsius{zone} |
 | edgefleet_telemetry_spooled_points, …_dropped_points_total, …_rolled_up_points_total, …_batches_sent_total |
 
-The histogram's `le` edges are every fifth edge of the fixed log-bucket layout, so the cumulative
-counts are exact (no interpolation) and the series count stays small.
+The text itself is written by `agent.telemetry.exposition`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
-from agent.metrics.histogram import EDGES_S, LatencyHistogram
 from agent.telemetry.collector import ModelCounters, ModelMetricsSource, SystemSource, TelemetryLoop
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_EDGE_STEP = 5  # 20 buckets per decade in the histogram, 4 per decade in the exposition
+from agent.telemetry.exposition import CONTENT_TYPE, render
 
 
 class ServerModelMetrics:
@@ -72,77 +67,6 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-def _label_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(**labels: str) -> str:
-    return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items()) + "}"
-
-
-def histogram_lines(name: str, hist: LatencyHistogram, **labels: str) -> list[str]:
-    lines = []
-    cumulative = 0
-    edges = list(range(_EDGE_STEP - 1, len(EDGES_S), _EDGE_STEP))
-    last = -1
-    for edge_index in edges:
-        cumulative += sum(hist.counts[last + 1 : edge_index + 1])
-        last = edge_index
-        lines.append(f"{name}_bucket{_labels(**labels, le=f'{EDGES_S[edge_index]:.6g}')} {cumulative}")
-    lines.append(f"{name}_bucket{_labels(**labels, le='+Inf')} {hist.count}")
-    lines.append(f"{name}_sum{_labels(**labels)} {hist.sum_s!r}")
-    lines.append(f"{name}_count{_labels(**labels)} {hist.count}")
-    return lines
-
-
-def render(models: Iterable[ModelCounters] = (), system: SystemSource | None = None,
-           telemetry: TelemetryLoop | None = None) -> str:
-    out: list[str] = []
-    counters = list(models)
-    if counters:
-        out += ["# HELP edgefleet_model_requests_total Completed inference requests per loaded version.",
-                "# TYPE edgefleet_model_requests_total counter"]
-        out += [f"edgefleet_model_requests_total{_labels(**_model_labels(c))} {c.requests}" for c in counters]
-        out += ["# HELP edgefleet_model_errors_total Requests that failed inside the model.",
-                "# TYPE edgefleet_model_errors_total counter"]
-        out += [f"edgefleet_model_errors_total{_labels(**_model_labels(c))} {c.errors}" for c in counters]
-        out += ["# HELP edgefleet_model_latency_seconds End-to-end inference latency.",
-                "# TYPE edgefleet_model_latency_seconds histogram"]
-        for c in counters:
-            out += histogram_lines("edgefleet_model_latency_seconds", c.latency, **_model_labels(c))
-    if system is not None:
-        s = system.sample()
-        for name, value, kind in (
-            ("edgefleet_system_cpu_percent", s.cpu_pct, "CPU use since the previous reading."),
-            ("edgefleet_system_memory_used_bytes", None if s.mem_used_mb is None else s.mem_used_mb * 1e6,
-             "Memory in use (total - available)."),
-            ("edgefleet_system_disk_used_percent", s.disk_used_pct, "Disk use of the agent's filesystem."),
-        ):
-            if value is not None:
-                out += [f"# HELP {name} {kind}", f"# TYPE {name} gauge", f"{name} {value!r}"]
-        if s.temps_c:
-            out += ["# HELP edgefleet_system_temperature_celsius Thermal zone readings.",
-                    "# TYPE edgefleet_system_temperature_celsius gauge"]
-            out += [f"edgefleet_system_temperature_celsius{_labels(zone=z)} {t!r}" for z, t in s.temps_c.items()]
-    if telemetry is not None:
-        spool = telemetry.spool
-        for name, value, kind, help_text in (
-            ("edgefleet_telemetry_spooled_points", len(spool), "gauge", "Points waiting in the spool."),
-            ("edgefleet_telemetry_dropped_points_total", spool.dropped_points, "counter",
-             "Points discarded because the spool was full after roll-ups."),
-            ("edgefleet_telemetry_rolled_up_points_total", spool.rolled_up_points, "counter",
-             "Points merged into coarser ones while the spool was full."),
-            ("edgefleet_telemetry_batches_sent_total", telemetry.batches_sent, "counter",
-             "Telemetry batches handed to the MQTT outbox."),
-        ):
-            out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
-    return "\n".join(out) + "\n"
-
-
-def _model_labels(c: ModelCounters) -> dict[str, str]:
-    return {"model": c.model, "version": c.version, "variant": c.variant}
 
 
 def add_metrics_routes(
