@@ -1,0 +1,168 @@
+"""Mutual TLS and per-device ACLs on a real Mosquitto with certificates from the controller's fleet CA.
+
+The broker config under test is the one `controller.security.broker_tls` generates for production
+(identity as username, username as client id, CRL), and the ACL is `controller.mqtt.mosquitto_auth`'s.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from controller.enrollment.ca import FleetCA
+from controller.mqtt.mosquitto_auth import acl_file
+from controller.security.broker_tls import (
+    CONTROLLER_IDENTITY,
+    BrokerTlsPaths,
+    device_listener_conf,
+    issue_controller_certificate,
+    write_broker_tls,
+)
+from controller.security.crl import install_crl
+from controller.security.files import write_private
+from tests.security.tls_clients import ClientFiles, TlsClient, issue_client
+from tests.services import HOST, Mosquitto, free_port, wait_until
+
+
+@dataclass
+class Fleet:
+    ca: FleetCA
+    tls: BrokerTlsPaths
+    broker: Mosquitto
+    port: int
+    a: ClientFiles
+    b: ClientFiles
+    controller: ClientFiles
+    clients: list[TlsClient]
+
+    def client(self, files: ClientFiles | None, client_id: str | None = None) -> TlsClient:
+        c = TlsClient(HOST, self.port, self.tls.ca_file, files, client_id or (files.name if files else "anon"))
+        self.clients.append(c)
+        return c
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> Iterator[Fleet]:
+    ca_dir = tmp_path / "ca"
+    ca = FleetCA.load_or_create(ca_dir)
+    tls = write_broker_tls(ca_dir, tmp_path / "broker-tls", [HOST, "localhost"], crl_pem=ca.crl_pem([]))
+    issued = issue_controller_certificate(ca_dir)
+    controller = ClientFiles(CONTROLLER_IDENTITY, tmp_path / "controller.crt", tmp_path / "controller.key",
+                             issued.serial_hex)
+    write_private(controller.cert_file, issued.certificate_pem, 0o644)
+    write_private(controller.key_file, issued.key_pem, 0o600)
+    port = free_port()
+    broker = mosquitto_factory(
+        acl=acl_file([CONTROLLER_IDENTITY]),
+        allow_anonymous=False,
+        extra_conf=device_listener_conf(tls, port=port, bind_address=HOST),
+    )
+    f = Fleet(ca, tls, broker, port, issue_client(ca, tmp_path, "dev-aaaa"), issue_client(ca, tmp_path, "dev-bbbb"),
+              controller, [])
+    try:
+        yield f
+    finally:
+        for c in f.clients:
+            c.close()
+
+
+def _marker() -> bytes:
+    return uuid.uuid4().hex.encode()
+
+
+def test_device_publishes_only_under_its_own_prefix(fleet: Fleet) -> None:
+    watcher = fleet.client(fleet.controller)
+    assert watcher.connect(), watcher.error
+    assert watcher.subscribe("edgefleet/v1/#") == [1]
+    a = fleet.client(fleet.a)
+    assert a.connect(), a.error
+
+    forged = b"forged status for b"
+    a.publish("edgefleet/v1/dev-bbbb/status", forged)
+    a.publish("edgefleet/v1/dev-bbbb/assignment", forged)
+    own = _marker()
+    a.publish("edgefleet/v1/dev-aaaa/status", own)  # same connection, QoS 1: arrives after the forgeries
+    wait_until(lambda: ("edgefleet/v1/dev-aaaa/status", own) in watcher.messages, message="A's own status")
+    assert all(payload != forged for _, payload in watcher.messages), watcher.messages
+
+
+def test_device_cannot_read_another_devices_assignment(fleet: Fleet) -> None:
+    controller = fleet.client(fleet.controller)
+    assert controller.connect(), controller.error
+    controller.publish("edgefleet/v1/dev-bbbb/assignment", b"for b only", retain=True)
+    controller.publish("edgefleet/v1/dev-aaaa/assignment", b"for a", retain=True)
+
+    a = fleet.client(fleet.a)
+    assert a.connect(), a.error
+    # Mosquitto's ACL file grants SUBSCRIBE and filters at delivery: the retained message for B and
+    # everything published for B later must never reach A, whatever A subscribed to.
+    a.subscribe("edgefleet/v1/dev-bbbb/assignment")
+    a.subscribe("edgefleet/v1/+/assignment")
+    a.subscribe("#")
+    assert a.subscribe("edgefleet/v1/dev-aaaa/assignment") == [1]
+    wait_until(lambda: ("edgefleet/v1/dev-aaaa/assignment", b"for a") in a.messages, message="A's assignment")
+    controller.publish("edgefleet/v1/dev-bbbb/assignment", b"for b, again", retain=True)
+    marker = _marker()
+    controller.publish("edgefleet/v1/dev-aaaa/assignment", marker, retain=True)
+    wait_until(lambda: ("edgefleet/v1/dev-aaaa/assignment", marker) in a.messages, message="the marker")
+    assert not [m for m in a.messages if m[0].startswith("edgefleet/v1/dev-bbbb/")], a.messages
+
+
+def test_claiming_another_client_id_neither_grants_its_topics_nor_kicks_it(fleet: Fleet) -> None:
+    watcher = fleet.client(fleet.controller)
+    assert watcher.connect(), watcher.error
+    assert watcher.subscribe("edgefleet/v1/#") == [1]
+    b = fleet.client(fleet.b)
+    assert b.connect(), b.error
+    impostor = fleet.client(fleet.a, client_id="dev-bbbb")  # A's certificate, B's client id
+    assert impostor.connect(), impostor.error
+
+    forged = b"impostor"
+    impostor.publish("edgefleet/v1/dev-bbbb/status", forged)
+    own = _marker()
+    impostor.publish("edgefleet/v1/dev-aaaa/status", own)
+    wait_until(lambda: ("edgefleet/v1/dev-aaaa/status", own) in watcher.messages, message="impostor's own status")
+    assert all(payload != forged for _, payload in watcher.messages)
+    # The broker replaced the claimed client id by the certificate identity, so B's session survives.
+    b_marker = _marker()
+    b.publish("edgefleet/v1/dev-bbbb/status", b_marker)
+    wait_until(lambda: ("edgefleet/v1/dev-bbbb/status", b_marker) in watcher.messages, message="B still online")
+    assert not b.disconnected.is_set()
+
+
+def test_connections_without_a_fleet_certificate_are_refused(fleet: Fleet, tmp_path: Path) -> None:
+    assert not fleet.client(None).connect(timeout_s=5)
+    # A certificate naming B, from a CA the broker does not trust.
+    rogue_ca = FleetCA.load_or_create(tmp_path / "rogue-ca", common_name="edgefleet fleet CA")
+    (tmp_path / "rogue").mkdir()
+    rogue = issue_client(rogue_ca, tmp_path / "rogue", "dev-bbbb")
+    assert not fleet.client(rogue).connect(timeout_s=5)
+
+
+def test_revoked_certificate_is_refused_after_the_crl_is_installed(fleet: Fleet) -> None:
+    a = fleet.client(fleet.a)
+    assert a.connect(), a.error
+    a.close()
+
+    crl = fleet.ca.crl_pem([(fleet.a.serial_hex, datetime.now(timezone.utc))])
+    assert install_crl(crl.encode(), fleet.tls.ca_file.read_bytes(), fleet.tls.crl_file)
+    fleet.broker.restart()
+
+    assert not fleet.client(fleet.a, client_id="dev-aaaa-2").connect(timeout_s=5)
+    b = fleet.client(fleet.b)
+    assert b.connect(), b.error
+    # Installing the same revocations again is not a change (no needless broker restarts).
+    assert not install_crl(crl.encode(), fleet.tls.ca_file.read_bytes(), fleet.tls.crl_file)
+
+
+def test_a_crl_from_another_ca_never_replaces_the_installed_one(fleet: Fleet, tmp_path: Path) -> None:
+    rogue = FleetCA.load_or_create(tmp_path / "rogue-ca")
+    before = fleet.tls.crl_file.read_bytes()
+    with pytest.raises(Exception, match="not signed by the fleet CA"):
+        install_crl(rogue.crl_pem([]).encode(), fleet.tls.ca_file.read_bytes(), fleet.tls.crl_file)
+    assert fleet.tls.crl_file.read_bytes() == before
