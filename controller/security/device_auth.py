@@ -23,7 +23,7 @@ import binascii
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -124,11 +124,10 @@ class DeviceSelf(BaseModel):
 def device_router(*, trust_proxy_certificate: bool = False) -> APIRouter:
     """Routes for devices themselves (`/api/v1/device/…`), behind `RequireDevice` only."""
     router = APIRouter(prefix="/api/v1/device", tags=["device"])
-    need = RequireDevice(trust_proxy_certificate=trust_proxy_certificate)
-    DevicePrincipal = Annotated[DeviceIdentity, Depends(need)]
+    need = Depends(RequireDevice(trust_proxy_certificate=trust_proxy_certificate))
 
     @router.get("/self", response_model=DeviceSelf, summary="The calling device's own record (device credential)")
-    def device_self(who: DevicePrincipal, db: DbSession) -> Any:
+    def device_self(db: DbSession, who: DeviceIdentity = need) -> Any:
         device = _active(db, who.device_id)
         return DeviceSelf(
             device_id=device.id,

@@ -31,7 +31,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         "[REDACTED PRIVATE KEY]",
     ),
     (re.compile(r"\b(ef[a-z])_[A-Za-z0-9_-]{8,}"), r"\1_" + MARK),
-    (re.compile(r"\b(Bearer|Basic|Device)\s+[A-Za-z0-9._~+/=:-]+", re.I), r"\1 " + MARK),
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 " + MARK),
     (
         re.compile(
             r"([?&;](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|signature|"
