@@ -143,21 +143,28 @@ class MqttReporter:
         self.current = current
         self.deployment = Deployment()
         self._probation: dict[str, wire.DetailValue] = {}
+        self._reason: str | None = None
 
     def begin(self, deployment: Deployment) -> None:
         self.deployment = deployment
         self._probation = {}
+        self._reason = None
 
     def report(self, event: UpdateEvent) -> None:
+        # The engine names a reason on the transition that caused it; the final IDLE transition
+        # carries none, so the update's last reason is what the `failed` event and status repeat.
+        if event.reason is not None and not event.reason.startswith("resumed after a restart"):
+            self._reason = event.reason
+        reason = event.reason or (self._reason if event.state == "IDLE" else None)
         kind, details = self._translate(event)
         d = self.deployment
         if kind is not None:
             self.sink.publish_event(kind, assignment_version=d.assignment_version, rollout_id=d.rollout_id,
-                                    model=d.model, version=d.version, reason=_short(event.reason),
+                                    model=d.model, version=d.version, reason=_short(reason),
                                     details=_bounded(details))
+        failed = event.status in ("failure", "rolled_back", "rollback_failed")
         self.publish_status(event.state.lower() if event.state != "IDLE" else "idle",
-                            event.reason if event.status not in ("success", "already_active", "in_progress")
-                            else None)
+                            self._reason if failed else None)
 
     def publish_status(self, state: str, last_error: str | None = None) -> None:
         try:
