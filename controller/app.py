@@ -7,7 +7,7 @@
       ├── model registry + background build worker         started/stopped with the app
       ├── image repository refresher (snapshot/timestamp)  started/stopped with the app
       ├── MQTT bridge → device registry (optional)         connects in the background, retrying
-      └── routers: /healthz, /api/v1/{tokens,enrollment-tokens,enroll,devices,models,ca,broker}
+      └── routers: /healthz, /api/v1/{tokens,enrollment-tokens,enroll,devices,models,repository,ca,broker}
 
 Nothing here runs at import time: tests build as many apps as they like, each with its own settings.
 """
@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI
 
 import controller
-from controller.api import devices, enrollment, health, models, tokens
+from controller.api import devices, enrollment, health, releases, repository, tokens
 from controller.api.context import ControllerContext
 from controller.api.errors import install_error_handlers
 from controller.api.limits import BodySizeLimit
@@ -53,6 +53,7 @@ OPENAPI_TAGS = [
     {"name": "enrollment", "description": "Enrollment tokens, the public enroll call, CA material."},
     {"name": "devices", "description": "The device registry."},
     {"name": "models", "description": "Model releases, their variant builds and signed targets."},
+    {"name": "repository", "description": "Offline release-key workflow for targets metadata."},
     {"name": "artifacts", "description": "Artifact downloads (signed repository; presigned URLs)."},
 ]
 
@@ -162,9 +163,17 @@ def create_app(
         large_routes={
             "/api/v1/models": settings.max_model_bytes + settings.max_golden_bytes + 1024 * 1024,
             "/artifacts": ARTIFACT_UPLOAD_MAX_BYTES,
+            "/api/v1/repository/targets": repository.MAX_SIGNED_TARGETS_BYTES,
         },
     )
-    for router in (health.router, tokens.router, enrollment.router, devices.router, models.router):
+    for router in (
+        health.router,
+        tokens.router,
+        enrollment.router,
+        devices.router,
+        releases.router,
+        repository.router,
+    ):
         app.include_router(router)
     app.include_router(
         artifact_router(store, signer=signer, max_upload_bytes=ARTIFACT_UPLOAD_MAX_BYTES), prefix="/artifacts"

@@ -6,6 +6,7 @@
     edgefleet enrollment-tokens create | list     over the API
     edgefleet devices list | show | revoke        over the API
     edgefleet models upload | list | show         over the API
+    edgefleet repository init | pending | sign | import   image repository; offline release-key workflow
     edgefleet keys ...                            trust-chain keys (controller.keys_cli)
 
 API commands read the URL and token from --url/--token, EDGEFLEET_URL/EDGEFLEET_TOKEN, or the CLI
@@ -35,11 +36,15 @@ tokens_app = typer.Typer(
 enrollment_app = typer.Typer(help="One-time device enrollment tokens.", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
 models_app = typer.Typer(help="Model releases and their variant builds.", no_args_is_help=True)
+repository_app = typer.Typer(
+    help="The image repository and the offline release-key workflow.", no_args_is_help=True
+)
 app.add_typer(controller_app, name="controller")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(enrollment_app, name="enrollment-tokens")
 app.add_typer(devices_app, name="devices")
 app.add_typer(models_app, name="models")
+app.add_typer(repository_app, name="repository")
 
 console = Console()
 err = Console(stderr=True)
@@ -372,6 +377,81 @@ def models_show(
         print(json.dumps(release, indent=2))
     else:
         _print_release(release)
+
+
+@repository_app.command("init")
+def repository_init(
+    keys: Annotated[Path, typer.Option(help="Keyring holding the release (targets) key.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Create the image repository in the controller's artifact store (signs targets version 1).
+
+    Run once where the release key is available; afterwards the controller can run without it.
+    """
+    from controller.artifacts import store_from_url
+    from controller.registry.repository import REPOSITORY_PREFIX, PrefixedStore
+    from manifests.keyring import Keyring
+    from manifests.repository import ImageRepository
+
+    settings = _settings(config)
+    store = store_from_url(
+        settings.resolved_artifact_url,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_access_key_id=settings.s3_access_key,
+        s3_secret_access_key=settings.s3_secret_key,
+        s3_region=settings.s3_region,
+    )
+    repo = ImageRepository(PrefixedStore(store, REPOSITORY_PREFIX), Keyring(keys))
+    repo.initialize()
+    console.print(f"image repository ready: targets version {repo.targets().signed.version}")
+
+
+@repository_app.command("pending")
+def repository_pending(
+    out: Annotated[Path, typer.Option(help="Where to write the unsigned metadata.")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Fetch the unsigned targets metadata that waits for the offline release key."""
+    pending = _call(_client(url, token), "GET", "/api/v1/repository/targets/pending")
+    out.write_text(json.dumps(pending, indent=1, sort_keys=True))
+    targets = pending["signed"]["targets"]
+    console.print(f"targets version {pending['signed']['version']} with {len(targets)} targets → {out}")
+
+
+@repository_app.command("sign")
+def repository_sign(
+    pending: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    keys: Annotated[Path, typer.Option(help="Keyring holding the release (targets) key.")],
+    out: Annotated[Path, typer.Option(help="Where to write the signed metadata.")],
+) -> None:
+    """Sign pending targets metadata with the release key (run where that key lives, offline)."""
+    from tuf.api.metadata import Metadata, Targets
+
+    from manifests.keyring import Keyring
+
+    md = Metadata[Targets].from_bytes(pending.read_bytes())
+    md.signatures.clear()
+    for signer in Keyring(keys).signers("targets"):
+        md.sign(signer, append=True)
+    out.write_bytes(md.to_bytes())
+    console.print(f"signed targets version {md.signed.version} with {len(md.signatures)} key(s) → {out}")
+
+
+@repository_app.command("import")
+def repository_import(
+    signed: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Publish signed targets metadata; releases it covers become published."""
+    result = _call(
+        _client(url, token), "PUT", "/api/v1/repository/targets", json_body=json.loads(signed.read_bytes())
+    )
+    console.print(
+        f"targets version {result['targets_version']} published; releases: "
+        f"{', '.join(result['published']) or 'none'}"
+    )
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ once run the migrations exactly once, the others wait and find nothing to do.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from alembic import command
@@ -18,6 +19,28 @@ from sqlalchemy import Engine, text
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Arbitrary but fixed: the advisory-lock key every replica agrees on.
 _PG_MIGRATION_LOCK_KEY = 0x0EDF1EE7
+
+
+TABLE_MODULE_NAMES = ("models", "tables")
+
+
+def load_table_modules() -> list[str]:
+    """Import every `controller.<feature>.tables` / `.models` module so `Base.metadata` is complete.
+
+    Features keep their tables beside their code and add their own migration files to this chain;
+    autogenerate and the schema check must see all of them, not only the platform's.
+    """
+    import controller
+
+    root = Path(controller.__path__[0])
+    loaded = []
+    for name in TABLE_MODULE_NAMES:
+        for path in sorted(root.rglob(f"{name}.py")):
+            parts = ("controller", *path.relative_to(root).with_suffix("").parts)
+            if parts[1] not in ("api", "build"):
+                importlib.import_module(".".join(parts))
+                loaded.append(".".join(parts))
+    return loaded
 
 
 def alembic_config() -> Config:

@@ -109,7 +109,7 @@ class DeviceEvent(Base):
 
 
 class ModelRelease(Base):
-    """One uploaded model version; its build state moves registered → building → published | failed."""
+    """One uploaded model version: queued → building → published | awaiting_signature | failed."""
 
     __tablename__ = "model_releases"
     __table_args__ = (UniqueConstraint("name", "version", name="uq_model_releases_name_version"),)
@@ -121,7 +121,8 @@ class ModelRelease(Base):
     preprocessing: Mapped[str] = mapped_column(Text, default="")
     release_counter: Mapped[int] = mapped_column(Integer, default=0)
     min_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="registered", index=True)
+    # queued | building | awaiting_signature | published | failed
+    status: Mapped[str] = mapped_column(String(24), default="queued", index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     progress_message: Mapped[str] = mapped_column(String(256), default="")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

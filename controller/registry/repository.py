@@ -5,8 +5,9 @@ The repository lives in the artifact store under `repository/` (served publicly 
 transport). Keys come from the keyring folder made by `edgefleet keys init` (`settings.keys_dir`).
 
     KeyringTrustRoots     the roots a device pins at enrollment (latest image root + director root)
-    RepositoryPublisher   signs a release's targets into the repository (online release key)
-    NoKeysPublisher       stands in when the controller has no release key: publishing fails clearly
+    RepositoryPublisher   signs a release's targets into the repository with the online release key,
+                          or stages them for the offline release key (`offline.py`) when the
+                          keyring holds no private `targets` key
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from tuf.api.metadata import Metadata, Targets
+
 from controller.artifacts import ArtifactStore
 from controller.errors import Unavailable
+from controller.registry.offline import OfflineSigningRepository
 from controller.settings import Settings
-from manifests.errors import ManifestError
+from manifests.errors import KeyringError, ManifestError
 from manifests.keyring import Keyring
-from manifests.repository import ImageRepository, NewTarget
-from manifests.verify import SignedTarget
+from manifests.repository import NewTarget
 
 REPOSITORY_PREFIX = "repository/"
 
@@ -87,20 +90,44 @@ class RepositoryPublisher:
         self._store = PrefixedStore(store, REPOSITORY_PREFIX)
         self.lock = threading.Lock()
 
-    def repository(self) -> ImageRepository:
+    def repository(self) -> OfflineSigningRepository:
         keyring = _open_keyring(self._settings)
         if keyring is None:
             raise Unavailable(
                 f"no keyring at {self._settings.resolved_keys_dir}: cannot sign targets; "
                 "run `edgefleet keys init` there first"
             )
-        repo = ImageRepository(self._store, keyring)
+        repo = OfflineSigningRepository(self._store, keyring)
         repo.initialize()
         return repo
 
-    def publish(self, targets: Sequence[NewTarget]) -> tuple[SignedTarget, ...]:
+    def has_release_key(self) -> bool:
+        """Whether the controller can sign targets itself (else the offline workflow applies)."""
+        keyring = _open_keyring(self._settings)
+        if keyring is None:
+            return False
+        try:
+            return bool(keyring.signers("targets"))
+        except KeyringError:
+            return False
+
+    def publish(self, targets: Sequence[NewTarget]) -> bool:
+        """Sign and publish `targets`; True when done, False when staged for the offline release key."""
         with self.lock:
-            return self.repository().add_targets(targets)
+            repo = self.repository()
+            if self.has_release_key():
+                repo.add_targets(targets)
+                return True
+            repo.stage(targets)
+            return False
+
+    def pending(self, staged: Sequence[tuple[str, int, str, dict[str, Any]]]) -> Metadata[Targets]:
+        with self.lock:
+            return self.repository().pending(staged)
+
+    def import_signed(self, data: bytes) -> Metadata[Targets]:
+        with self.lock:
+            return self.repository().import_signed(data)
 
     def withdraw(self, names: Sequence[str]) -> None:
         with self.lock:

@@ -61,7 +61,9 @@ BuildFn = Callable[..., BuildReport]
 
 
 class Publisher(Protocol):
-    def publish(self, targets: list[NewTarget]) -> Any: ...
+    def publish(self, targets: list[NewTarget]) -> bool:
+        """True when signed and published; False when staged for the offline release key."""
+        ...
 
 
 def _signable(custom: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,7 +225,7 @@ class ModelRegistry:
     def delete(self, session: Session, name: str, version: str) -> None:
         """Remove a release that is not published (failed, or queued): its row and every artifact."""
         release = self.get(session, name, version)
-        if release.status in ("published", "building"):
+        if release.status in ("published", "building", "awaiting_signature"):
             raise Conflict(
                 f"model {name} version {version} is {release.status}; only unpublished releases "
                 "that are not building can be deleted"
@@ -405,7 +407,7 @@ class ModelRegistry:
             )
         )
         try:
-            self.publisher.publish(targets)
+            signed = self.publisher.publish(targets)
         except ControllerError:
             raise
         except Exception as e:
@@ -424,23 +426,69 @@ class ModelRegistry:
                 "target": report.golden_target_name,
                 "sha256": report.golden_sha256,
                 "length": report.golden_length,
+                "custom": _signable(report.golden_custom),
             },
         }
+        offered = len(targets) - 1
+        if signed:
+            status, message = "published", f"published {offered} of {len(report.variants)} variants"
+        else:
+            status, message = "awaiting_signature", f"{offered} variants staged; waiting for the offline release key"
         with self._sessions() as session:
             session.add_all(rows)
             session.execute(
                 update(ModelRelease)
                 .where(ModelRelease.id == release.id)
                 .values(
-                    status="published",
+                    status=status,
                     progress=1.0,
                     report=summary,
                     error=None,
                     updated_at=utcnow(),
-                    progress_message=f"published {len(targets) - 1} of {len(report.variants)} variants",
+                    progress_message=message,
                 )
             )
             session.commit()
+
+    # --- offline release key ---------------------------------------------------------------------
+
+    @staticmethod
+    def _awaiting(session: Session) -> list[ModelRelease]:
+        query = (
+            select(ModelRelease).where(ModelRelease.status == "awaiting_signature").order_by(ModelRelease.id)
+        )
+        return list(session.scalars(query))
+
+    @staticmethod
+    def _staged_targets(release: ModelRelease) -> list[tuple[str, int, str, dict[str, Any]]]:
+        items = [(v.target_path, v.length, v.sha256, dict(v.custom)) for v in release.variants if v.offered]
+        golden = release.report.get("golden", {})
+        items.append((golden["target"], golden["length"], golden["sha256"], dict(golden["custom"])))
+        return items
+
+    def pending_targets(self, session: Session) -> dict[str, Any]:
+        """The unsigned next targets metadata covering every release awaiting the offline key."""
+        releases = self._awaiting(session)
+        if not releases:
+            raise NotFound("no release is waiting for the offline release key")
+        staged = [item for release in releases for item in self._staged_targets(release)]
+        md = self.publisher.pending(staged)  # type: ignore[attr-defined]
+        return dict(md.to_dict())
+
+    def import_signed_targets(self, session: Session, data: bytes) -> list[ModelRelease]:
+        """Publish externally signed targets metadata; returns the releases it completes."""
+        if not hasattr(self.publisher, "import_signed"):
+            raise Unavailable("this controller's publisher cannot import signed targets metadata")
+        md = self.publisher.import_signed(data)
+        listed = {name: t.hashes.get("sha256") for name, t in md.signed.targets.items()}
+        completed = []
+        for release in self._awaiting(session):
+            if all(listed.get(name) == sha for name, _, sha, _ in self._staged_targets(release)):
+                release.status = "published"
+                release.progress_message = f"published with targets version {md.signed.version} (offline key)"
+                completed.append(release)
+        session.commit()
+        return completed
 
 
 def _finite(value: float | None) -> float | None:

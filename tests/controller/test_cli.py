@@ -34,7 +34,7 @@ def served(tmp_path: Path, keyring_dir: Path) -> Iterator[dict[str, str]]:
     env.pop("EDGEFLEET_URL", None)
     env.pop("EDGEFLEET_TOKEN", None)
     migrated = _run(["controller", "migrate"], env)
-    assert migrated.returncode == 0 and "→ 0001" in migrated.stdout, migrated.stderr
+    assert migrated.returncode == 0 and migrated.stdout.strip().startswith("database schema: empty → "), migrated.stderr
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(EDGEFLEET + ["controller", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

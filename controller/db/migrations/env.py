@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from alembic import context
 
-import controller.db.models  # noqa: F401  (registers the tables on Base.metadata)
 from controller.db.base import Base
+from controller.db.migrate import load_table_modules
+
+load_table_modules()  # every feature's tables on Base.metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -94,7 +94,7 @@ def upgrade() -> None:
         sa.Column("preprocessing", sa.Text(), nullable=False),
         sa.Column("release_counter", sa.Integer(), nullable=False),
         sa.Column("min_accuracy", sa.Float(), nullable=True),
-        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=24), nullable=False),
         sa.Column("progress", sa.Float(), nullable=False),
         sa.Column("progress_message", sa.String(length=256), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
