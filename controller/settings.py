@@ -56,7 +56,6 @@ class Settings(BaseSettings):
     enrollment_token_ttl_s: int = Field(24 * 3600, ge=60)
     enrollment_rate_per_minute: float = Field(30.0, gt=0, description="Enrollment attempts per client.")
     enrollment_burst: int = Field(10, ge=1)
-    online_timeout_s: float = Field(120.0, gt=0, description="A device silent for longer shows offline.")
 
     max_model_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     max_golden_bytes: int = Field(256 * 1024 * 1024, ge=1024)

@@ -134,3 +134,15 @@ def test_artifact_routes_need_a_signature_outside_the_public_repository(env: Con
 def test_healthz_is_public(env: ControllerEnv) -> None:
     r = env.client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_openapi_documents_auth_errors_and_examples(env: ControllerEnv) -> None:
+    spec = env.client.get("/openapi.json").json()
+    assert "ErrorResponse" in spec["components"]["schemas"]
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    devices = spec["paths"]["/api/v1/devices"]["get"]
+    assert {"401", "403"} <= set(devices["responses"]) and devices["security"]
+    enroll = spec["paths"]["/api/v1/enroll"]["post"]
+    assert "security" not in enroll
+    assert enroll["requestBody"]["content"]["application/json"]["schema"]["examples"]
+    assert spec["components"]["schemas"]["TokenCreate"]["examples"]
