@@ -8,9 +8,11 @@ and decode the protocol independently of agent.server.protocol, so a codec bug c
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,9 @@ from agent.runtime import RuntimeOptions, Session, loader_for
 from agent.server.background import BackgroundServer
 from agent.server.batching import BatchingConfig
 from agent.server.http import ServerConfig
+from agent.server.protocol import InferRequest
+from agent.slots import ModelRef
+from agent.state.ports import ActiveModel
 from controller.sample_models import SampleModel
 
 DTYPES = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4", "INT8": "i1",
@@ -150,3 +155,32 @@ def degrading_variant(model: SampleModel, mode: str, out: Path) -> Path:
 
 def pack_floats(values: list[float]) -> bytes:
     return struct.pack(f"<{len(values)}f", *values)
+
+
+def active(path: Path, version: str, model: str = "digits") -> ActiveModel:
+    """What the update engine hands the Activator for a model file in a slot."""
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    ref = ModelRef(sha256=sha, file_name=path.name, target=f"models/{model}/{version}/ort-fp32.onnx",
+                   runtime="onnxruntime", precision="fp32", model=model, version=version)
+    return ActiveModel(ref, path)
+
+
+def request(x: np.ndarray, name: str = "input") -> InferRequest:
+    """A decoded request for the in-process ModelServer API."""
+    return InferRequest(None, {name: x}, x.shape[0] if x.ndim else None, None, True)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+def identity_model(path: Path, shape: list[int | None]) -> Path:
+    """A float32 Identity model with the given (partly dynamic) shape."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path

@@ -7,26 +7,20 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
 
 from agent.server.batching import BatchingConfig
 from agent.server.model_server import ModelServer
-from agent.server.protocol import InferRequest
 from controller.sample_models import SampleModel
-from tests.server.conftest import binary_request, load_session, parse_response, start_server
+from tests.server.conftest import (
+    binary_request,
+    identity_model,
+    load_session,
+    parse_response,
+    request,
+    start_server,
+    wait_for,
+)
 from tests.server.fakes import RecordingSession
-
-
-def request(x: np.ndarray, name: str = "input") -> InferRequest:
-    return InferRequest(None, {name: x}, x.shape[0] if x.ndim else None, None, True)
-
-
-async def wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def test_batched_rows_equal_unbatched_rows(digits_mlp: SampleModel) -> None:
@@ -91,16 +85,8 @@ def test_max_batch_size_is_respected_and_big_requests_run_alone(digits_mlp: Samp
     asyncio.run(main())
 
 
-def _identity(path: Path, shape: list[int | None]) -> Path:
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
-
-
 def test_dynamic_inner_dims_are_never_stacked(tmp_path: Path) -> None:
-    path = _identity(tmp_path / "ragged.onnx", [None, None])
+    path = identity_model(tmp_path / "ragged.onnx", [None, None])
 
     async def main() -> None:
         models = ModelServer(BatchingConfig(max_batch_size=64))
@@ -127,7 +113,7 @@ def test_dynamic_inner_dims_are_never_stacked(tmp_path: Path) -> None:
 
 
 def test_fixed_batch_dimension_is_served_one_request_at_a_time(tmp_path: Path) -> None:
-    path = _identity(tmp_path / "fixed.onnx", [1, 3])
+    path = identity_model(tmp_path / "fixed.onnx", [1, 3])
 
     async def main() -> None:
         models = ModelServer(BatchingConfig(max_batch_size=64))

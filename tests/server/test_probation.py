@@ -4,7 +4,6 @@ instantly, while a healthy one commits and releases the previous version."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import threading
 from collections.abc import Iterator
@@ -19,11 +18,10 @@ from agent.server.activator import ServingActivator
 from agent.server.background import BackgroundServer
 from agent.server.probation import LiveFigures, ProbationLimits, ServerProbation, judge
 from agent.server.shadow import ShadowFigures
-from agent.slots import ModelRef
 from agent.state.ports import ActiveModel
 from controller.sample_models import SampleModel
 from manifests.assignment import GatePolicy, ProbationPolicy
-from tests.server.conftest import binary_request, degrading_variant, parse_response, start_server
+from tests.server.conftest import active, binary_request, degrading_variant, parse_response, start_server
 from tests.services import wait_until
 
 LIMITS = ProbationLimits(min_requests=20, min_baseline_requests=20, min_shadow_rows=20, latency_floor_s=0.002)
@@ -62,13 +60,6 @@ def test_judge_table(live: LiveFigures, window_over: bool, decision: str, reason
         assert any(reason in r for r in verdict.reasons), verdict.reasons
     assert verdict.evidence["figures"]["requests"] == live.requests
     assert verdict.evidence["policy"]["min_agreement"] == 0.95
-
-
-def active(path: Path, version: str, model: str = "digits") -> ActiveModel:
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    ref = ModelRef(sha256=sha, file_name=path.name, target=f"models/{model}/{version}/ort-fp32.onnx",
-                   runtime="onnxruntime", precision="fp32", model=model, version=version)
-    return ActiveModel(ref, path)
 
 
 class Traffic:

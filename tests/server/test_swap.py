@@ -15,9 +15,17 @@ from agent.server.batching import BatchingConfig
 from agent.server.errors import SwapError
 from agent.server.model_server import ModelServer
 from controller.sample_models import SampleModel
-from tests.server.conftest import binary_request, load_session, parse_response, scaled_variant, start_server
+from tests.server.conftest import (
+    binary_request,
+    identity_model,
+    load_session,
+    parse_response,
+    request,
+    scaled_variant,
+    start_server,
+    wait_for,
+)
 from tests.server.fakes import RecordingSession
-from tests.server.test_batching import request, wait_for
 
 FACTORS = (1.0, 0.6, 0.8, 0.4)
 
@@ -192,10 +200,8 @@ def test_a_version_that_fails_warm_up_never_serves(digits_mlp: SampleModel, vari
 
 
 def test_requests_queued_across_a_shape_change_are_rechecked(tmp_path: Path) -> None:
-    from tests.server.test_batching import _identity
-
-    three = _identity(tmp_path / "three.onnx", [None, 3])
-    four = _identity(tmp_path / "four.onnx", [None, 4])
+    three = identity_model(tmp_path / "three.onnx", [None, 3])
+    four = identity_model(tmp_path / "four.onnx", [None, 4])
 
     async def main() -> None:
         models = ModelServer(BatchingConfig(max_batch_size=8))
