@@ -86,6 +86,16 @@ def test_settings_precedence_file_env_overrides(tmp_path: Path, monkeypatch: pyt
         Settings.load(config)
 
 
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
+
+
 def test_defaults_put_everything_under_the_state_folder(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path / "s")
     assert settings.resolved_database_url == f"sqlite:///{(tmp_path / 's' / 'controller.db').resolve()}"

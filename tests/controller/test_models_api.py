@@ -142,3 +142,26 @@ def test_failed_publish_marks_release_failed_and_cleans_up(controller_settings: 
         assert env.client.delete("/api/v1/models/digits-mlp/2.0", headers=env.auth("operator")).status_code == 204
         assert _store_keys(env, "uploads/") == []
         assert env.client.get("/api/v1/models/digits-mlp/2.0", headers=env.auth("viewer")).status_code == 404
+
+
+def test_registry_on_s3_publishes_and_cleans_up(tmp_path: Path, keyring_dir: Path, s3: Any,
+                                                digits_mlp: SampleModel, digits_cnn: SampleModel) -> None:
+    """The same flow with the artifact store on S3 (SeaweedFS): uploads, builds and the repository."""
+    from controller.build import BuildOptions
+
+    settings = Settings(state_dir=tmp_path / "state", keys_dir=keyring_dir, artifact_url=f"s3://{s3.bucket}/fleet",
+                        s3_endpoint_url=s3.url, s3_access_key=s3.access_key, s3_secret_key=s3.secret_key)
+    with start_env(settings) as env:
+        env.ctx.registry._build_options = BuildOptions(variants=("onnxruntime-fp32", "openvino-fp32"), latency_runs=3)
+        model, golden = digits_mlp.path.read_bytes(), digits_mlp.golden_path.read_bytes()
+        bad = _upload(env, model, digits_cnn.golden_path.read_bytes(), version="0.9")
+        assert bad.status_code == 422 and _store_keys(env, "uploads/") == []
+        assert _upload(env, model, golden).status_code == 202
+        release = _wait_done(env, "digits-mlp", "1.0.0")
+        assert release["status"] == "published", release["error"]
+        repo = ImageRepository(PrefixedStore(env.ctx.store, REPOSITORY_PREFIX), Keyring(keyring_dir))
+        names = {t.name for t in repo.signed_targets()}
+        assert {"models/digits-mlp/1.0.0/onnxruntime-fp32.onnx", "models/digits-mlp/1.0.0/openvino-fp32.tar",
+                "models/digits-mlp/1.0.0/golden.npz"} <= names
+        t = next(t for t in repo.signed_targets() if t.name.endswith("openvino-fp32.tar"))
+        assert hashlib.sha256(env.ctx.store.read_bytes(REPOSITORY_PREFIX + t.store_key)).hexdigest() == t.sha256
