@@ -14,7 +14,14 @@ from agent.telemetry.collector import ModelCounters
 from agent.telemetry.wire import SystemSample
 from controller.db import make_engine, make_session_factory
 from controller.db import migrate as db_migrate
-from tests.controller.conftest import db_url, keyring_dir, pg_server  # noqa: F401  (fixtures)
+from tests.controller.conftest import (  # noqa: F401  (fixtures)
+    ControllerEnv,
+    controller_settings,
+    db_url,
+    env,
+    keyring_dir,
+    pg_server,
+)
 
 
 @pytest.fixture
@@ -65,3 +72,23 @@ def fake_system() -> FakeSystem:
 @pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:
     return tmp_path / "telemetry"
+
+
+def include_routers(env: ControllerEnv) -> ControllerEnv:  # noqa: F811
+    """The telemetry and sample routers on the test app (a no-op once the app includes them itself)."""
+    from controller.samples import api as samples_api
+    from controller.telemetry import api as telemetry_api
+    from controller.telemetry import prometheus
+
+    app = env.client.app
+    paths = {getattr(r, "path", "") for r in app.routes}  # type: ignore[attr-defined]
+    for router, probe in ((telemetry_api.router, "/api/v1/telemetry/latency"), (prometheus.router, "/metrics"),
+                          (samples_api.router, "/api/v1/samples")):
+        if probe not in paths:
+            app.include_router(router)  # type: ignore[attr-defined]
+    return env
+
+
+@pytest.fixture
+def api(env: ControllerEnv) -> ControllerEnv:  # noqa: F811
+    return include_routers(env)
