@@ -83,6 +83,12 @@ class TelemetrySpool:
         self._rewrite()
 
     def _enforce_bound(self) -> None:
+        try:
+            self._shrink()
+        finally:
+            self._save_counters()
+
+    def _shrink(self) -> None:
         for resolution_s in ROLLUP_STEPS_S:
             if len(self._points) <= self.max_points:
                 return
@@ -99,7 +105,6 @@ class TelemetrySpool:
         if excess > 0:
             del self._points[:excess]
             self.dropped_points += excess
-        self._save_counters()
 
     def _load(self) -> None:
         try:
