@@ -122,11 +122,19 @@ class Stager:
         attempts = 0
         received = 0
         resumed_from = existing
+        restarted_clean = False
         while True:
             attempts += 1
             try:
                 received += self._attempt(target, part, url, deadline, progress)
                 break
+            except IntegrityError:
+                # Bytes kept from before a power cut may not be what was written (unsynced blocks read
+                # back as zeros): a resumed file that fails its hash gets one clean download.
+                if resumed_from == 0 or restarted_clean:
+                    raise
+                restarted_clean = True
+                log.warning("staging %s: resumed file failed its hash; downloading it again", target.name)
             except UrlExpiredError:
                 refreshes += 1
                 if refreshes > cfg.max_url_refreshes:

@@ -241,3 +241,16 @@ def test_disk_filling_up_mid_download_aborts_cleanly(small_fs: Path) -> None:
     with serve({"m": data}) as server, pytest.raises(DiskSpaceError, match="filled up"):
         stager(small_fs, chunk_bytes=256 * 1024).stage(target, FixedUrl(server.url("m")), progress=fill)
     assert list((small_fs / "staging").iterdir()) == []
+
+
+def test_partial_file_with_lost_writes_gets_one_clean_download(tmp_path: Path, payload: bytes) -> None:
+    """After a power cut unsynced blocks can read back as zeros: the resumed hash fails, one retry fixes it."""
+    target = make_target(payload)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / f"{target.sha256}.part").write_bytes(b"\x00" * (2 * MIB))
+    with serve({"m": payload}) as server:
+        result = stager(tmp_path).stage(target, FixedUrl(server.url("m")))
+        assert [r for _, r in server.requests] == [f"bytes={2 * MIB}-", None]
+    assert result.resumed_from == 2 * MIB
+    assert_staged(tmp_path, target, payload)
