@@ -33,6 +33,7 @@ from controller.artifacts.http import artifact_router
 from controller.artifacts.refresh import RepositoryRefresher
 from controller.background import BackgroundStart
 from controller.build import build_variants
+from controller.dashboard import mount_dashboard
 from controller.db import make_engine, make_session_factory
 from controller.db import migrate as db_migrate
 from controller.devices import DatabaseFleetSink
@@ -178,4 +179,5 @@ def create_app(
     app.include_router(
         artifact_router(store, signer=signer, max_upload_bytes=ARTIFACT_UPLOAD_MAX_BYTES), prefix="/artifacts"
     )
+    mount_dashboard(app)
     return app
