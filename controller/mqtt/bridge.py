@@ -71,7 +71,6 @@ class BridgeConfig:
     reconnect_min_s: int = 1
     reconnect_max_s: int = 30
     connect_timeout_s: float = 10.0
-    probe_timeout_s: float = 2.0
     max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES
 
 
@@ -92,39 +91,60 @@ class MqttBridge:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Negotiate the protocol, connect, subscribe; raises BrokerUnavailable if nothing answers.
+        """Negotiate the protocol, connect, subscribe; raises BrokerUnavailable if nothing answers."""
+        protocol = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}.get(self.config.protocol) or self._probe()
+        client = self._build_client(protocol)
+        answered = self._connect(client, protocol, self._session_args(protocol))
+        if answered and self.connected.is_set():
+            self._client = client
+            self.protocol = protocol
+            return
+        client.loop_stop()
+        client.disconnect()
+        if not answered:
+            raise BrokerUnavailable(f"broker {self.config.host}:{self.config.port} did not answer CONNECT")
+        raise BridgeError(f"broker {self.config.host}:{self.config.port} refused the bridge: "
+                          f"reason {self._connack_code}")
 
-        In `auto` mode MQTT 5 is tried first for `probe_timeout_s`: some 3.1.1-only brokers (amqtt)
-        neither answer nor close on an MQTT 5 CONNECT with properties, so silence also means "try 3.1.1".
+    def _probe(self) -> int:
+        """MQTT 5 if the broker accepts a plain MQTT 5 CONNECT, else 3.1.1.
+
+        The probe uses its own client id and no session, so it can never discard the bridge's
+        persistent session; 3.1.1-only brokers (amqtt) refuse a plain MQTT 5 CONNECT at once.
         """
-        order = {"auto": [mqtt.MQTTv5, mqtt.MQTTv311], "5": [mqtt.MQTTv5], "3.1.1": [mqtt.MQTTv311]}
-        candidates = order[self.config.protocol]
-        last = "no attempt"
-        for index, protocol in enumerate(candidates):
-            more_to_try = index + 1 < len(candidates)
-            client = self._build_client(protocol)
-            self._connack.clear()
-            self._connack_code = 0
-            try:
-                client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive_s,
-                               **self._session_args(protocol))
-            except OSError as e:
-                raise BrokerUnavailable(f"cannot reach broker {self.config.host}:{self.config.port}: {e}") from e
-            client.loop_start()
-            wait_s = self.config.probe_timeout_s if more_to_try else self.config.connect_timeout_s
-            answered = self._connack.wait(wait_s)
-            if answered and self.connected.is_set():
-                self._client = client
-                self.protocol = protocol
-                return
-            client.loop_stop()
-            client.disconnect()
-            last = f"refused with reason {self._connack_code}" if answered else "did not answer CONNECT"
-            if answered and self._connack_code not in (0, _UNSUPPORTED_PROTOCOL):
-                break  # bad credentials or not authorized: another protocol will not help
-        if last == "did not answer CONNECT":
-            raise BrokerUnavailable(f"broker {self.config.host}:{self.config.port} {last}")
-        raise BridgeError(f"broker {self.config.host}:{self.config.port} {last}")
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.config.client_id}-probe"[:64],
+                             protocol=mqtt.MQTTv5)
+        if self.config.username is not None:
+            client.username_pw_set(self.config.username, self.config.password)
+        client.on_connect = self._on_probe_connect
+        client.on_disconnect = self._on_probe_disconnect
+        answered = self._connect(client, mqtt.MQTTv5, {})
+        client.disconnect()
+        client.loop_stop()
+        if not answered:
+            raise BrokerUnavailable(f"broker {self.config.host}:{self.config.port} did not answer CONNECT")
+        return mqtt.MQTTv5 if self._connack_code == 0 else mqtt.MQTTv311
+
+    def _connect(self, client: mqtt.Client, protocol: int, args: dict[str, Any]) -> bool:
+        self._connack.clear()
+        self._connack_code = 0
+        try:
+            client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive_s, **args)
+        except OSError as e:
+            raise BrokerUnavailable(f"cannot reach broker {self.config.host}:{self.config.port}: {e}") from e
+        client.loop_start()
+        return self._connack.wait(self.config.connect_timeout_s)
+
+    def _on_probe_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                          props: Properties | None) -> None:
+        self._connack_code = reason.value
+        self._connack.set()
+
+    def _on_probe_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                             props: Properties | None) -> None:
+        if not self._connack.is_set():
+            self._connack_code = _UNSUPPORTED_PROTOCOL  # closed before CONNACK: not an MQTT 5 broker
+            self._connack.set()
 
     def stop(self) -> None:
         if self._client is not None:
@@ -213,7 +233,7 @@ class MqttBridge:
         self.connected.clear()
         self.stats["disconnects"] += 1
         if not self._connack.is_set():
-            self._connack_code = _UNSUPPORTED_PROTOCOL  # closed before CONNACK: treat as "try another"
+            self._connack_code = reason.value if reason.is_failure else _UNSUPPORTED_PROTOCOL
             self._connack.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
