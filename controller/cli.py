@@ -7,6 +7,7 @@
     edgefleet devices list | show | revoke        over the API
     edgefleet models upload | list | show         over the API
     edgefleet repository init | pending | sign | import   image repository; offline release-key workflow
+    edgefleet broker files                         Mosquitto password + ACL files for the enrolled fleet
     edgefleet keys ...                            trust-chain keys (controller.keys_cli)
 
 API commands read the URL and token from --url/--token, EDGEFLEET_URL/EDGEFLEET_TOKEN, or the CLI
@@ -45,6 +46,8 @@ app.add_typer(enrollment_app, name="enrollment-tokens")
 app.add_typer(devices_app, name="devices")
 app.add_typer(models_app, name="models")
 app.add_typer(repository_app, name="repository")
+broker_app = typer.Typer(help="Files for the MQTT broker.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
 
 console = Console()
 err = Console(stderr=True)
@@ -452,6 +455,49 @@ def repository_import(
         f"targets version {result['targets_version']} published; releases: "
         f"{', '.join(result['published']) or 'none'}"
     )
+
+
+@broker_app.command("files")
+def broker_files(
+    out: Annotated[
+        Path, typer.Option(help="Folder for `passwd` and `acl` (Mosquitto password_file / acl_file).")
+    ],
+    controller_user: Annotated[
+        str, typer.Option(help="Broker user of the controller's bridge.")
+    ] = "edgefleet-controller",
+    controller_password_env: Annotated[str, typer.Option(help="Variable holding that user's password.")] = (
+        "EDGEFLEET_MQTT_BRIDGE_PASSWORD"
+    ),
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Write the broker's password file (active devices + the controller) and ACL; then SIGHUP the broker.
+
+    Revoked devices are absent from the export, so re-running this after a revocation locks them out.
+    """
+    import os
+
+    from controller.enrollment.credentials import hash_password
+    from controller.mqtt.mosquitto_auth import acl_file
+
+    password = os.environ.get(controller_password_env)
+    if not password:
+        err.print(f"[red]error:[/red] set {controller_password_env} to the controller's broker password")
+        raise typer.Exit(2)
+    devices = str(_call(_client(url, token), "GET", "/api/v1/broker/password-file") or "")
+    if any(line.split(":", 1)[0] == controller_user for line in devices.splitlines()):
+        err.print(f"[red]error:[/red] {controller_user!r} is also a device id")
+        raise typer.Exit(2)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("passwd", devices + f"{controller_user}:{hash_password(password)}\n"),
+        ("acl", acl_file([controller_user])),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.chmod(0o600)
+        tmp.replace(out / name)
+    console.print(f"wrote {out / 'passwd'} ({len(devices.splitlines())} devices) and {out / 'acl'}")
 
 
 def main() -> None:

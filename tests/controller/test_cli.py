@@ -89,6 +89,12 @@ def test_cli_drives_a_running_controller(served: dict[str, str], tmp_path: Path,
     assert "published" in upload.stdout and "onnxruntime-fp32" in upload.stdout
     shown = json.loads(_run(["models", "show", "digits-mlp", "1.0.0", "--json"], env_with_token).stdout)
     assert shown["status"] == "published" and any(v["offered"] for v in shown["variants"])
+    files = _run(["broker", "files", "--out", str(tmp_path / "broker")],
+                 {**env_with_token, "EDGEFLEET_MQTT_BRIDGE_PASSWORD": "bridge-secret"})
+    assert files.returncode == 0, files.stderr
+    passwd = (tmp_path / "broker" / "passwd").read_text()
+    assert passwd.startswith("edgefleet-controller:$7$") and (tmp_path / "broker" / "passwd").stat().st_mode & 0o077 == 0
+    assert "pattern read edgefleet/v1/%u/assignment" in (tmp_path / "broker" / "acl").read_text()
     dup = _run(["models", "upload", str(digits_mlp.path), "--golden", str(digits_mlp.golden_path),
                 "--name", "digits-mlp", "--version", "1.0.0"], env_with_token)
     assert dup.returncode == 1 and "409" in dup.stderr
