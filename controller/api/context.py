@@ -6,7 +6,7 @@ Built by `create_app(settings)` and kept on `app.state.ctx`; dependencies hand p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,6 +14,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.enrollment.ca import FleetCA
 from controller.enrollment.ratelimit import RateLimiter
 from controller.settings import Settings
+
+if TYPE_CHECKING:
+    from controller.artifacts import ArtifactStore
+    from controller.enrollment.trust import TrustRoots
+    from controller.registry.service import ModelRegistry
 
 
 @dataclass
@@ -23,7 +28,7 @@ class ControllerContext:
     session_factory: sessionmaker[Session]
     ca: FleetCA
     enrollment_limiter: RateLimiter
-    store: Any = None
-    trust_roots: Any = None
-    registry: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    store: ArtifactStore
+    trust_roots: TrustRoots | None
+    registry: ModelRegistry
+    extras: dict[str, Any] = field(default_factory=dict)  # optional services (bridge, telemetry, ...)

@@ -56,8 +56,7 @@ async def import_targets(request: Request, ctx: Context, who: AdminPrincipal) ->
 
     def run() -> ImportResult:
         with ctx.session_factory() as db:
-            completed = ctx.registry.import_signed_targets(db, data)
-            version = ctx.registry.publisher.repository().targets().signed.version
+            version, completed = ctx.registry.import_signed_targets(db, data)
             return ImportResult(
                 targets_version=version, published=[f"{r.name} {r.version}" for r in completed]
             )

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Protocol
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from tuf.api.metadata import Metadata, Targets
 
 from controller.artifacts import ArtifactStore
 from controller.build import (
@@ -61,8 +62,18 @@ BuildFn = Callable[..., BuildReport]
 
 
 class Publisher(Protocol):
+    """Signs targets into the image repository (`registry.repository.RepositoryPublisher`)."""
+
     def publish(self, targets: list[NewTarget]) -> bool:
         """True when signed and published; False when staged for the offline release key."""
+        ...
+
+    def pending(self, staged: list[tuple[str, int, str, dict[str, Any]]]) -> Metadata[Targets]:
+        """The unsigned next targets metadata with `staged` added."""
+        ...
+
+    def import_signed(self, data: bytes) -> Metadata[Targets]:
+        """Check and publish targets metadata signed elsewhere."""
         ...
 
 
@@ -472,13 +483,11 @@ class ModelRegistry:
         if not releases:
             raise NotFound("no release is waiting for the offline release key")
         staged = [item for release in releases for item in self._staged_targets(release)]
-        md = self.publisher.pending(staged)  # type: ignore[attr-defined]
+        md = self.publisher.pending(staged)
         return dict(md.to_dict())
 
-    def import_signed_targets(self, session: Session, data: bytes) -> list[ModelRelease]:
-        """Publish externally signed targets metadata; returns the releases it completes."""
-        if not hasattr(self.publisher, "import_signed"):
-            raise Unavailable("this controller's publisher cannot import signed targets metadata")
+    def import_signed_targets(self, session: Session, data: bytes) -> tuple[int, list[ModelRelease]]:
+        """Publish externally signed targets metadata; returns its version and the releases it completes."""
         md = self.publisher.import_signed(data)
         listed = {name: t.hashes.get("sha256") for name, t in md.signed.targets.items()}
         completed = []
@@ -488,7 +497,7 @@ class ModelRegistry:
                 release.progress_message = f"published with targets version {md.signed.version} (offline key)"
                 completed.append(release)
         session.commit()
-        return completed
+        return md.signed.version, completed
 
 
 def _finite(value: float | None) -> float | None:
