@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon.config import ConfigError, load_config
+from agent.daemon.config import load_config
+from agent.daemon.errors import ConfigError
 
 BASE = """device_id = "edge-7"
 state_dir = "state"
