@@ -99,8 +99,10 @@ def _scores(session: Session, outputs: Mapping[str, np.ndarray], golden: Golden)
 def _run_all(session: Session, golden: Golden) -> np.ndarray:
     spec = session.inputs[0]
     inputs = golden.inputs.astype(spec.dtype, copy=False)
-    if spec.batched:
-        return _scores(session, session.run({spec.name: inputs}), golden)
+    if spec.batched:  # batches of 32: within any engine's optimization profile, bounded memory
+        parts = [_scores(session, session.run({spec.name: inputs[i:i + 32]}), golden)
+                 for i in range(0, inputs.shape[0], 32)]
+        return np.concatenate(parts, axis=0)
     rows = [_scores(session, session.run({spec.name: inputs[i:i + 1]}), golden) for i in range(inputs.shape[0])]
     return np.concatenate(rows, axis=0)
 
@@ -141,8 +143,11 @@ def _quality(scores: np.ndarray, golden: Golden, figures: ModelFigures) -> Model
                    agreement=agreement)
 
 
-def _load(runtime: str, device: str, path: str, request: GateRequest) -> tuple[Session | None, ModelFigures]:
-    options = RuntimeOptions(intra_op_threads=request.intra_op_threads, device=device,
+def _load(runtime: str, device: str, path: str, request: GateRequest,
+          precision: str | None = None) -> tuple[Session | None, ModelFigures]:
+    # TensorRT builds its engine for the signed precision; the other runtimes read it from the file.
+    extra = {"precision": precision} if runtime == "tensorrt" and precision else {}
+    options = RuntimeOptions(intra_op_threads=request.intra_op_threads, device=device, extra=extra,
                              cache_dir=Path(request.cache_dir) if request.cache_dir else None)
     started = time.perf_counter()
     try:
@@ -163,7 +168,7 @@ def measure(request: GateRequest) -> GateReport:
     golden = load_golden(Path(request.golden_path))
     loader_for(request.runtime)  # import the runtime before the baseline so it is not billed to the model
     baseline_mb = _rss_now_mb()
-    candidate, figures = _load(request.runtime, request.device, request.model_path, request)
+    candidate, figures = _load(request.runtime, request.device, request.model_path, request, request.precision)
     report = GateReport(candidate=request.candidate, runtime=request.runtime, precision=request.precision,
                         hardware_class=request.hardware_class, measured=figures)
     if candidate is None:
