@@ -145,3 +145,13 @@ def test_pretrained_int8_variant_is_judged_on_this_cpu(textdir_classifier: Sampl
     assert outcome.verdict.passed == (independent >= POLICY.min_agreement and not any(
         r.startswith(("latency", "accuracy_below_current")) for r in outcome.verdict.reasons)), outcome.verdict
     print(f"textdir int8: agreement {independent:.3f}, verdict {outcome.verdict}")
+
+
+def test_new_input_signature_is_gated_without_a_comparison(digits_cnn: SampleModel, digits_mlp: SampleModel) -> None:
+    """The current model cannot run the new release's golden set: judged on absolute figures only."""
+    g = dataclasses.replace(gate_input(digits_cnn.path, digits_cnn), current_path=digits_mlp.path)
+    outcome = ProcessGate(FAST, intra_op_threads=1).evaluate(g, POLICY)
+    assert outcome.verdict.passed, outcome.verdict.reasons
+    assert outcome.report.current is not None and not outcome.report.current.loaded
+    assert "cannot run this golden set" in (outcome.report.current.load_error or "")
+    assert outcome.report.measured.accuracy == pytest.approx(digits_cnn.accuracy)
