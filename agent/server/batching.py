@@ -1,15 +1,20 @@
-"""Dynamic batching: one queue per served model, worker tasks that stack rows and run them off the loop.
+"""Dynamic batching: one queue per served model; batches run on inference threads, off the loop.
 
-    handlers ──submit()──▶ [queue of pending requests] ──worker──▶ executor thread: session.run(batch)
-                      ▲ 429 when full                      │ picks the version once per batch
-                      └──────────── each caller's own rows ◀┘
+    handlers ──submit()──▶ [queue of pending requests] ──launch──▶ inference thread: session.run(batch)
+                      ▲ 429 when full                        │ picks the version once per batch
+                      └──────────── each caller's own rows ◀──┘ (done → launch the next batch)
 
-A worker takes the oldest request, decides which version runs the batch (the request's pinned
-version, else the model's current one at that moment) and adds later requests while they fit in
-`max_batch_size` rows, are for the same version and have the same non-batch dimensions. The
-version is read once per batch, so a swap between two batches never mixes versions inside one.
-While a batch runs, new requests queue up and form the next batch; `max_queue_delay_s` > 0
-additionally lets a short batch wait that long (from its oldest request's arrival) for more rows.
+When a request arrives and an inference thread is free, its batch launches at once (no wake-up
+of a separate worker task: on a 12 µs model every loop iteration shows). While batches run, new
+requests queue; each completion launches the next batch with everything that queued meanwhile, so
+batches grow with load by themselves. `max_queue_delay_s` > 0 additionally lets a short batch wait
+that long (from its oldest request's arrival) for more rows.
+
+A batch takes the oldest request, decides which version runs it (the request's pinned version,
+else the model's current one at that moment) and adds later requests while they fit in
+`max_batch_size` rows, are for the same version and have the same non-batch dimensions. The version
+is read once per batch, so a swap between two batches never mixes versions inside one. Stacking
+the rows (a copy of every input) happens on the inference thread, not on the event loop.
 
 Requests validated against one version's specs but dispatched to another (a swap happened while
 they were queued) are checked again against the new specs; a request that no longer fits gets a
@@ -20,9 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +36,6 @@ from agent.server.errors import (
     ModelExecutionError,
     OverloadedError,
     RequestError,
-    ServerError,
     UnavailableError,
 )
 from agent.server.protocol import check_against_specs
@@ -50,7 +53,7 @@ class BatchingConfig:
     max_batch_size: int = 32
     max_queue_delay_s: float = 0.0
     max_queue_requests: int = 256
-    workers: int = 1
+    workers: int = 1  # batches of one model running at the same time
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_requests < 1 or self.workers < 1:
@@ -77,13 +80,16 @@ class _Pending:
             self.future.set_exception(error)
 
 
-def _execute(session: Session, feeds: Mapping[str, np.ndarray], rows: int | None) -> tuple[Outputs, int]:
+def _execute(session: Session, parts: Sequence[Mapping[str, np.ndarray]], names: Sequence[str],
+             rows: int | None) -> tuple[Mapping[str, np.ndarray], Outputs, int]:
+    """On an inference thread: stack the requests' rows, run, count non-finite rows."""
+    feeds = parts[0] if len(parts) == 1 else {n: np.concatenate([p[n] for p in parts]) for n in names}
     outputs = session.run(feeds)
-    return outputs, count_nonfinite_rows(outputs, rows)
+    return feeds, outputs, count_nonfinite_rows(outputs, rows)
 
 
 class Batcher:
-    """The queue and workers of one served model."""
+    """The queue of one served model and the launching of its batches; lives on the event loop."""
 
     def __init__(self, name: str, current: Callable[[], LoadedVersion | None], config: BatchingConfig,
                  observers: list[BatchObserver]) -> None:
@@ -92,18 +98,14 @@ class Batcher:
         self._current = current
         self._observers = observers
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._wake = asyncio.Event()
         self._threads = InferenceThreads(config.workers, f"infer-{name}")
-        self._workers: list[asyncio.Task[None]] = []
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
 
     @property
     def queued(self) -> int:
         return len(self._queue)
-
-    def start(self) -> None:
-        self._workers = [asyncio.create_task(self._work(), name=f"batcher-{self.name}-{i}")
-                         for i in range(self.config.workers)]
 
     async def submit(self, inputs: Mapping[str, np.ndarray], rows: int | None, specs: tuple[TensorSpec, ...],
                      pinned: LoadedVersion | None = None) -> tuple[Outputs, LoadedVersion]:
@@ -119,16 +121,13 @@ class Batcher:
         if pinned is not None:
             pinned.acquire()
         self._queue.append(pending)
-        self._wake.set()
+        self._launch_ready(loop)
         return await pending.future
 
     async def stop(self) -> None:
         self._stopped = True
-        for task in self._workers:
-            task.cancel()
-        for task in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._timer is not None:
+            self._timer.cancel()
         while self._queue:
             self._drop(self._queue.popleft(), UnavailableError(f"model {self.name!r} was unloaded"))
         await asyncio.get_running_loop().run_in_executor(None, self._threads.shutdown)
@@ -140,36 +139,22 @@ class Batcher:
         if error is not None:
             pending.fail(error)
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
+    def _launch_ready(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Launch batches while a thread is free and the queue holds a batch that may go now."""
+        while self._queue and self._running < self.config.workers and not self._stopped:
             if self.config.max_queue_delay_s > 0:
-                await self._gather_more(loop)
+                deadline = self._queue[0].enqueued_at_s + self.config.max_queue_delay_s
+                if loop.time() < deadline and sum(p.rows or 1 for p in self._queue) < self.config.max_batch_size:
+                    if self._timer is None:
+                        self._timer = loop.call_at(deadline, self._on_timer, loop)
+                    return
             taken = self._take()
-            if taken is None:
-                continue
-            batch, version = taken
-            try:
-                await self._run(loop, batch, version)
-            except Exception:  # a bug must not kill the worker and strand every later request
-                log.exception("model %s: batch failed unexpectedly", self.name)
-                for p in batch:
-                    p.fail(ModelExecutionError(f"model {self.name!r}: internal error running the batch"))
+            if taken is not None:
+                self._launch(loop, *taken)
 
-    async def _gather_more(self, loop: asyncio.AbstractEventLoop) -> None:
-        deadline = self._queue[0].enqueued_at_s + self.config.max_queue_delay_s
-        while sum(p.rows or 1 for p in self._queue) < self.config.max_batch_size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except asyncio.TimeoutError:
-                return
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._launch_ready(loop)
 
     def _fits(self, pending: _Pending, version: LoadedVersion) -> bool:
         """Bring a request's validation up to `version`'s specs; False (and failed) if it no longer fits."""
@@ -216,61 +201,64 @@ class Batcher:
                 rows += nxt.rows
         return batch, version
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], version: LoadedVersion) -> None:
-        if len(batch) == 1:
-            feeds: Mapping[str, np.ndarray] = batch[0].inputs
-            total_rows = batch[0].rows
-        else:
-            feeds = {s.name: np.concatenate([p.inputs[s.name] for p in batch]) for s in version.inputs}
-            total_rows = sum(p.rows or 0 for p in batch)
-        version.acquire()
+    def _launch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], version: LoadedVersion) -> None:
+        total_rows = sum(p.rows or 0 for p in batch) if version.batched else None
+        version.acquire()  # in the same loop step as reading `current`: a swap cannot slip in between
+        self._running += 1
+        self._threads.call(
+            _execute, (version.session, [p.inputs for p in batch], [s.name for s in version.inputs], total_rows),
+            loop, lambda result, error: self._done(loop, batch, version, total_rows, result, error))
+
+    def _done(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], version: LoadedVersion,
+              total_rows: int | None, result: tuple[Mapping[str, np.ndarray], Outputs, int] | None,
+              error: BaseException | None) -> None:
+        self._running -= 1
+        version.release()
+        for p in batch:
+            if p.pinned is not None:
+                p.pinned.release()
         try:
-            outputs, nonfinite = await self._threads.submit(_execute, version.session, feeds,
-                                                            total_rows if version.batched else None)
-        except Exception as e:
-            version.stats.requests += len(batch)
-            version.stats.errors += len(batch)
-            error: ServerError = (
-                ModelExecutionError(f"model {self.name!r} version {version.version}: {e}")
-                if isinstance(e, InferenceRuntimeError) else
-                ModelExecutionError(f"model {self.name!r} version {version.version}: runtime error: {e!r}")
-            )
+            if result is None:
+                self._fail(batch, version, error)
+            else:
+                self._deliver(batch, version, total_rows, *result)
+        except Exception:  # a bug here must not strand the queue behind this batch
+            log.exception("model %s: finishing a batch failed", self.name)
             for p in batch:
-                p.fail(error)
-            return
-        finally:
-            version.release()
-            for p in batch:
-                if p.pinned is not None:
-                    p.pinned.release()
-        version.stats.batches += 1
-        version.stats.rows += total_rows or 1
-        version.stats.nonfinite_rows += nonfinite
+                p.fail(ModelExecutionError(f"model {self.name!r}: internal error finishing the batch"))
+        self._launch_ready(loop)
+
+    def _fail(self, batch: list[_Pending], version: LoadedVersion, error: BaseException | None) -> None:
+        version.stats.requests += len(batch)
+        version.stats.errors += len(batch)
+        detail = str(error) if isinstance(error, InferenceRuntimeError) else f"runtime error: {error!r}"
+        failure = ModelExecutionError(f"model {self.name!r} version {version.version}: {detail}")
+        for p in batch:
+            p.fail(failure)
+
+    def _deliver(self, batch: list[_Pending], version: LoadedVersion, total_rows: int | None,
+                 feeds: Mapping[str, np.ndarray], outputs: Outputs, nonfinite: int) -> None:
+        stats = version.stats
+        stats.batches += 1
+        stats.rows += total_rows or 1
+        stats.nonfinite_rows += nonfinite
         if len(batch) == 1:
             if not batch[0].future.done():
                 batch[0].future.set_result((outputs, version))
         else:
-            self._split(batch, version, outputs, total_rows or 0)
+            wrong = [n for n, a in outputs.items() if a.ndim == 0 or a.shape[0] != total_rows]
+            if wrong:
+                self._fail(batch, version, ModelExecutionError(
+                    f"outputs {wrong} do not have one row per input row ({total_rows})"))
+                return
+            start = 0
+            for p in batch:
+                end = start + (p.rows or 0)
+                if not p.future.done():
+                    p.future.set_result(({n: a[start:end] for n, a in outputs.items()}, version))
+                start = end
         for observe in self._observers:
             try:
                 observe(version, feeds, outputs)
             except Exception:
                 log.exception("model %s: batch observer failed", self.name)
-
-    def _split(self, batch: list[_Pending], version: LoadedVersion, outputs: Outputs, total_rows: int) -> None:
-        wrong = [n for n, a in outputs.items() if a.ndim == 0 or a.shape[0] != total_rows]
-        if wrong:
-            version.stats.errors += len(batch)
-            version.stats.requests += len(batch)
-            error = ModelExecutionError(
-                f"model {self.name!r}: outputs {wrong} do not have one row per input row ({total_rows})"
-            )
-            for p in batch:
-                p.fail(error)
-            return
-        start = 0
-        for p in batch:
-            end = start + (p.rows or 0)
-            if not p.future.done():
-                p.future.set_result(({n: a[start:end] for n, a in outputs.items()}, version))
-            start = end

@@ -136,7 +136,6 @@ class ModelServer:
         model = self.models.get(name)
         if model is None:
             model = self.models[name] = ServedModel(name, self.batching)
-            model.batcher.start()
         async with model.swap_lock:
             old, older = model.current, model.previous
             model.current = new  # the switch: batches formed from here on run on `new`

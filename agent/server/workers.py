@@ -3,8 +3,8 @@
 `loop.run_in_executor` costs two concurrent.futures round trips (a Future with its condition
 variable, then `wrap_future` chaining callbacks back to the loop): about twice the ~35 µs of a bare
 thread hand-off measured here, which matters when a small model answers in 12 µs. These threads
-take jobs from one SimpleQueue and resolve the caller's asyncio future with a single
-`call_soon_threadsafe`.
+take jobs from one SimpleQueue and report back with a single `call_soon_threadsafe`: either
+resolving an asyncio future (`submit`) or calling a completion callback on the loop (`call`).
 
 Threads are daemons so a runtime call that never returns cannot keep the process alive at exit;
 `shutdown` waits for jobs already taken.
@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+Done = Callable[[Any, "BaseException | None"], None]
+_Job = tuple[asyncio.AbstractEventLoop, Done, Callable[..., Any], tuple[Any, ...]]
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -50,28 +51,27 @@ class InferenceThreads:
         """Run `fn(*args)` on an inference thread; await the returned future on the calling loop."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((loop, future, fn, args))
+        self._jobs.put((loop, lambda result, error: _resolve(future, result, error), fn, args))
         return future
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], loop: asyncio.AbstractEventLoop,
+             done: Done) -> None:
+        """Run `fn(*args)` on an inference thread, then `done(result, error)` on `loop`."""
+        self._jobs.put((loop, done, fn, args))
 
     def _serve(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            loop, future, fn, args = job
+            loop, done, fn, args = job
             try:
-                result = fn(*args)
-            except BaseException as e:  # handed to the awaiting coroutine, which decides
-                self._post(loop, future, None, e)
-            else:
-                self._post(loop, future, result, None)
-
-    @staticmethod
-    def _post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any,
-              error: BaseException | None) -> None:
-        # RuntimeError: the loop closed while the job ran; nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve, future, result, error)
+                result, error = fn(*args), None
+            except BaseException as e:  # handed to `done` on the loop, which decides
+                result, error = None, e
+            # RuntimeError: the loop closed while the job ran; nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(done, result, error)
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         for _ in self._threads:

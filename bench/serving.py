@@ -1,0 +1,297 @@
+"""Serving throughput and latency against a bare runtime loop and a naive server, in the same run.
+
+    (a) bare:   ONNX Runtime in this process, batch 1 in a loop, the same thread settings
+    (b) agent:  `edgefleet-agent serve` (its own process), binary tensors, dynamic batching
+    (c) naive:  FastAPI + uvicorn with JSON lists, written the way a typical user would
+
+(b) and (c) are driven by `wrk` (C, from Debian) with a Lua script for the body, so the load
+generator does not take the server's CPU the way a Python client would; wrk's own CPU share of
+the machine is printed. Models: a MobileNetV2-shaped CNN at 224x224 (random weights) and the
+digits MLP. (a) is measured before and after the servers and averaged, so drift on a shared
+machine hits the baseline and the servers alike.
+
+Headline (last line, one JSON object): cnn_ratio_vs_bare = (b)/(a) and cnn_ratio_vs_naive =
+(b)/(c) in images/s at 16 connections; mlp_p50_overhead_us = p50 of (b) at one connection minus
+the bare call.
+
+    .venv/bin/python bench/serving.py [--quick] [--duration-s S] [--connections N]
+Needs `wrk` on PATH (apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.runtime import RuntimeOptions, loader_for  # noqa: E402
+from controller.sample_models import build_mobilenet_like, train_digits_mlp  # noqa: E402
+
+NAIVE_SERVER = r'''
+import os
+import numpy as np
+import onnxruntime as ort
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+options = ort.SessionOptions()
+options.intra_op_num_threads = int(os.environ["THREADS"])
+session = ort.InferenceSession(os.environ["MODEL"], options, providers=["CPUExecutionProvider"])
+input_name = session.get_inputs()[0].name
+app = FastAPI()
+
+
+class PredictRequest(BaseModel):
+    data: list
+
+
+@app.post("/predict")
+def predict(request: PredictRequest):
+    x = np.array(request.data, dtype=np.float32)
+    outputs = session.run(None, {input_name: x})
+    return {"outputs": outputs[0].tolist()}
+'''
+
+WRK_LUA = r'''
+local f = io.open("%(body)s", "rb")
+wrk.body = f:read("*all")
+f:close()
+wrk.method = "POST"
+%(headers)s
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "duration_us": %%d, "socket_errors": %%d, "non2xx": %%d, ' ..
+    '"p50_us": %%d, "p90_us": %%d, "p99_us": %%d, "mean_us": %%f}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
+end
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(port: int, path: str, timeout_s: float = 120.0, exited: Any = lambda: None) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if exited() is not None:
+                raise RuntimeError(f"server for port {port} exited") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server on port {port} did not answer {path} within {timeout_s} s") from None
+            time.sleep(0.1)
+
+
+def run_wrk(url: str, body: bytes, headers: dict[str, str], connections: int, duration_s: float,
+            workdir: Path) -> dict[str, Any]:
+    """One wrk run; returns its figures plus wrk's CPU share of the whole machine."""
+    body_path = workdir / f"body-{len(body)}-{abs(hash(tuple(headers.items())))}.bin"
+    body_path.write_bytes(body)
+    header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    lua = workdir / "wrk.lua"
+    lua.write_text(WRK_LUA % {"body": body_path, "headers": header_lines})
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "30s",
+           "-s", str(lua), url]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall_s = time.monotonic() - started
+    line = next((x for x in out.splitlines() if x.startswith("WRKJSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {out[-2000:]}")
+    figures: dict[str, Any] = json.loads(line[len("WRKJSON "):])
+    figures["req_s"] = figures["requests"] / (figures["duration_us"] / 1e6)
+    figures["client_cpu_share"] = (usage.ru_utime + usage.ru_stime) / (wall_s * (os.cpu_count() or 1))
+    return figures
+
+
+def bare_loop(model: Path, x: np.ndarray, threads: int, duration_s: float) -> dict[str, float]:
+    session = loader_for("onnxruntime").load(model, RuntimeOptions(intra_op_threads=threads))
+    name = session.inputs[0].name
+    for _ in range(5):
+        session.run({name: x})
+    times = []
+    deadline = time.perf_counter() + duration_s
+    while time.perf_counter() < deadline or len(times) < 20:
+        t0 = time.perf_counter()
+        session.run({name: x})
+        times.append(time.perf_counter() - t0)
+    session.close()
+    return {"per_s": len(times) / sum(times), "p50_us": statistics.median(times) * 1e6}
+
+
+def binary_body(input_name: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps({"inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + x.tobytes(), {"Content-Type": "application/octet-stream",
+                                  "Inference-Header-Content-Length": str(len(header))}
+
+
+class Server:
+    """A server subprocess on a free port; stopped with SIGTERM."""
+
+    def __init__(self, cmd: list[str], port: int, ready_path: str, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, cwd=ROOT)
+        try:
+            wait_http(port, ready_path, exited=self.proc.poll)
+        except RuntimeError as e:
+            self.stop()
+            self.log.seek(0)
+            output = self.log.read()[-2000:].decode(errors="replace")
+            self.log.close()
+            raise RuntimeError(f"{e}; server output: {output}") from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self.log.close()
+
+
+def agent_server(model: Path, threads: int, max_batch: int) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "agent.cli", "serve", str(model), "--name", "m", "--port", str(port),
+           "--threads", str(threads), "--max-batch-size", str(max_batch), "--log-level", "WARNING"]
+    return Server(cmd, port, "/v2/models/m/ready")
+
+
+def naive_server(model: Path, threads: int, workdir: Path) -> Server:
+    (workdir / "naive_app.py").write_text(NAIVE_SERVER)
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "naive_app:app", "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", "--app-dir", str(workdir)]
+    return Server(cmd, port, "/docs", env={"MODEL": str(model), "THREADS": str(threads)})
+
+
+def measure_model(label: str, model: Path, x: np.ndarray, threads: int, args: argparse.Namespace,
+                  workdir: Path, connections: list[int]) -> dict[str, Any]:
+    """(a) before, (b) and (c) at each connection count, (a) after."""
+    result: dict[str, Any] = {"threads": threads}
+    d = args.duration_s
+    bare_before = bare_loop(model, x, threads, d / 2)
+    body, headers = binary_body("input", x)
+    naive_body = json.dumps({"data": x.tolist()}).encode()
+    agent = agent_server(model, threads, args.max_batch_size)
+    try:
+        for c in connections:
+            run_wrk(f"http://127.0.0.1:{agent.port}/v2/models/m/infer", body, headers, c, 1, workdir)  # warm
+            result[f"agent_c{c}"] = run_wrk(f"http://127.0.0.1:{agent.port}/v2/models/m/infer", body, headers,
+                                            c, d, workdir)
+    finally:
+        agent.close()
+    naive = naive_server(model, threads, workdir)
+    try:
+        for c in connections:
+            result[f"naive_c{c}"] = run_wrk(f"http://127.0.0.1:{naive.port}/predict", naive_body,
+                                            {"Content-Type": "application/json"}, c, d, workdir)
+    finally:
+        naive.close()
+    bare_after = bare_loop(model, x, threads, d / 2)
+    result["bare"] = {"per_s": (bare_before["per_s"] + bare_after["per_s"]) / 2,
+                      "p50_us": (bare_before["p50_us"] + bare_after["p50_us"]) / 2,
+                      "per_s_before": bare_before["per_s"], "per_s_after": bare_after["per_s"]}
+    print(f"\n{label}: input {list(x.shape)}, {len(body)} B binary / {len(naive_body)} B JSON, "
+          f"{threads} intra-op thread(s)")
+    print(f"  (a) bare ORT batch 1     {result['bare']['per_s']:9.1f} /s   p50 {result['bare']['p50_us']:8.1f} µs"
+          f"   (before {bare_before['per_s']:.1f}, after {bare_after['per_s']:.1f})")
+    for c in connections:
+        for kind in ("agent", "naive"):
+            r = result[f"{kind}_c{c}"]
+            name = "(b) agent binary" if kind == "agent" else "(c) naive FastAPI JSON"
+            print(f"  {name:24s} c={c:<3d}{r['req_s']:9.1f} /s   p50 {r['p50_us']:8.0f} µs   p99 {r['p99_us']:8.0f} µs"
+                  f"   errors {r['socket_errors'] + r['non2xx']}   wrk CPU {100 * r['client_cpu_share']:.1f} %")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs (under 60 s in all)")
+    parser.add_argument("--duration-s", type=float, default=None, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--cnn-threads", type=int, default=None, help="default: the CPUs this process may use")
+    parser.add_argument("--mlp-threads", type=int, default=1)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    args.duration_s = args.duration_s or (4.0 if args.quick else 15.0)
+    cnn_threads = args.cnn_threads or RuntimeOptions().resolved_intra_op_threads()
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        workdir = Path(tmp)
+        cnn = build_mobilenet_like(workdir / "cnn" / "model.onnx")
+        mlp = train_digits_mlp(workdir / "mlp")
+        x_cnn = cnn.golden.inputs[:1].astype(np.float32)
+        x_mlp = mlp.golden.inputs[:1].astype(np.float32)
+        print(f"machine: {os.cpu_count()} CPUs; wrk -t1; each run {args.duration_s:.0f} s")
+        cnn_result = measure_model("MobileNetV2-like CNN 224x224", cnn.path, x_cnn, cnn_threads, args, workdir,
+                                   [args.connections])
+        mlp_result = measure_model("digits MLP 64-128-10", mlp.path, x_mlp, args.mlp_threads, args, workdir,
+                                   [1, args.connections])
+    c = args.connections
+    figures = {
+        "cnn_ratio_vs_bare": cnn_result[f"agent_c{c}"]["req_s"] / cnn_result["bare"]["per_s"],
+        "cnn_ratio_vs_naive": cnn_result[f"agent_c{c}"]["req_s"] / cnn_result[f"naive_c{c}"]["req_s"],
+        "mlp_p50_overhead_us": mlp_result["agent_c1"]["p50_us"] - mlp_result["bare"]["p50_us"],
+        "cnn_bare_per_s": cnn_result["bare"]["per_s"],
+        "cnn_agent_per_s": cnn_result[f"agent_c{c}"]["req_s"],
+        "cnn_naive_per_s": cnn_result[f"naive_c{c}"]["req_s"],
+        "mlp_bare_call_us": mlp_result["bare"]["p50_us"],
+        "mlp_agent_p50_us_c1": mlp_result["agent_c1"]["p50_us"],
+        "mlp_naive_p50_us_c1": mlp_result["naive_c1"]["p50_us"],
+        "mlp_agent_per_s": mlp_result[f"agent_c{c}"]["req_s"],
+        "mlp_naive_per_s": mlp_result[f"naive_c{c}"]["req_s"],
+        "client_cpu_share_max": max(r["client_cpu_share"] for res in (cnn_result, mlp_result)
+                                    for k, r in res.items() if k.startswith(("agent_", "naive_"))),
+        "errors": sum(r["socket_errors"] + r["non2xx"] for res in (cnn_result, mlp_result)
+                      for k, r in res.items() if k.startswith(("agent_", "naive_"))),
+        "connections": c,
+        "cnn_threads": cnn_threads,
+        "mlp_threads": args.mlp_threads,
+    }
+    print(f"\nCNN: agent/bare {figures['cnn_ratio_vs_bare']:.2f}x (goal >= 1.0), agent/naive "
+          f"{figures['cnn_ratio_vs_naive']:.1f}x (goal >= 5); MLP p50 overhead at one connection "
+          f"{figures['mlp_p50_overhead_us']:.0f} µs (goal <= 200)")
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
