@@ -275,3 +275,14 @@ def embedded_for(settings: Any, session_factory: Any) -> tuple[Any, EmbeddedBrok
     )
     authority = DatabaseAuthority(session_factory, {username: password})
     return settings, EmbeddedBroker(settings.mqtt_host, settings.mqtt_port, authority)
+
+
+def speak_311(bridge: Any) -> None:
+    """Pin an `MqttBridge` (not yet started) to MQTT 3.1.1, the only protocol amqtt speaks.
+
+    The bridge's automatic negotiation opens with an MQTT 5 CONNECT; amqtt 0.12 misreads one that
+    carries a username and password and never answers it, so the probe would wait out its timeout.
+    """
+    import dataclasses
+
+    bridge.config = dataclasses.replace(bridge.config, protocol="3.1.1")
