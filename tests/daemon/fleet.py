@@ -198,17 +198,25 @@ class AgentProcess:
         self.config_path = tmp / "device.toml"
         self.log_path = tmp / "agent.log"
         self.notify = NotifySocket(tmp / "notify.sock")
-        options = {"gate_latency_rounds": 40, "probation_poll_interval_s": 0.2, "server_threads": 1, **extra}
-        lines = [f'device_id = "{controller.device_id}"', 'state_dir = "device"',
-                 *(f"{k} = {json.dumps(v)}" for k, v in options.items()),
-                 "[repository]", f'metadata_url = "{controller.base_url}/metadata/"',
-                 f'targets_url = "{controller.base_url}/"',
-                 "[trust]", f'director_root_file = "{controller.roots / "director-root.json"}"',
-                 f'image_root_file = "{controller.roots / "image-root.json"}"',
-                 "[mqtt]", 'host = "127.0.0.1"', f"port = {broker_port}", "reconnect_max_s = 1",
+        self.controller = controller
+        self.broker_port = broker_port
+        self.options: dict[str, Any] = {"gate_latency_rounds": 40, "probation_poll_interval_s": 0.2,
+                                        "server_threads": 1, **extra}
+        self.write_config()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self, **extra: Any) -> None:
+        """(Re)write the device's TOML config; `extra` adds or replaces top-level keys."""
+        self.options.update(extra)
+        c = self.controller
+        lines = [f'device_id = "{c.device_id}"', 'state_dir = "device"',
+                 *(f"{k} = {json.dumps(v)}" for k, v in self.options.items()),
+                 "[repository]", f'metadata_url = "{c.base_url}/metadata/"', f'targets_url = "{c.base_url}/"',
+                 "[trust]", f'director_root_file = "{c.roots / "director-root.json"}"',
+                 f'image_root_file = "{c.roots / "image-root.json"}"',
+                 "[mqtt]", 'host = "127.0.0.1"', f"port = {self.broker_port}", "reconnect_max_s = 1",
                  "[server]", f"port = {self.server_port}"]
         self.config_path.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:

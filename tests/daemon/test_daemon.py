@@ -16,6 +16,7 @@ import pytest
 from onnx import numpy_helper
 
 from controller.sample_models import SampleModel
+from tests.agent.trees import raspberry_pi_5
 from tests.daemon.fleet import AgentProcess, ControllerSide, wait_for
 
 UPDATE = ["assignment_received", "download_started", "gate_passed", "activated", "probation_passed", "committed"]
@@ -104,11 +105,15 @@ def scrambled(model: SampleModel) -> bytes:
 
 
 def test_kill_during_probation_rolls_back_and_a_bad_model_fails_the_gate(
-        fleet: tuple[ControllerSide, AgentProcess], digits_mlp: SampleModel) -> None:
+        fleet: tuple[ControllerSide, AgentProcess], digits_mlp: SampleModel, tmp_path: Path) -> None:
     controller, agent = fleet
+    # A fake Raspberry Pi 5 tree for the hardware probe; the runtimes are this machine's real ones.
+    agent.write_config(hardware_probe_root=str(raspberry_pi_5(tmp_path / "rpi5")))
     agent.start()
     v1 = controller.assign(controller.publish_release(digits_mlp, "1", 1))
     assert outcome(controller, agent, v1) == "committed"
+    gate = controller.event("gate_passed", v1)
+    assert gate is not None and str(gate.details["hardware_class"]).startswith("rpi-5")
 
     # v2 is activated, then the agent dies in probation: the restart serves v1 and rolls v2 back.
     v2 = controller.assign(controller.publish_release(digits_mlp, "2", 2), probation_window_s=120)
