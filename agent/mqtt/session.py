@@ -46,7 +46,10 @@ class AssignmentPort(Protocol):
     """Receives the raw bytes of a retained assignment; raises on anything it does not trust.
 
     An exception with a `reason` attribute (such as `PayloadRejected` or the manifests' `TrustError`)
-    is counted under that reason. Must return quickly: it runs on paho's thread.
+    is counted under that reason. Must return quickly: it runs on paho's thread. The session skips a
+    payload identical to the last accepted one (the retained copy after a reconnect); after an agent
+    restart that copy reaches the port once more, which should treat an already-applied version as
+    a no-op rather than a rejection.
     """
 
     def receive_assignment(self, payload: bytes) -> None: ...
@@ -97,6 +100,7 @@ class AgentSession:
         self._handed_to_paho: set[int] = set()
         self._early_acks: set[int] = set()
         self._last_rejected_sha256: str | None = None
+        self._last_accepted_sha256: str | None = None
         self._assignment_topic = wire.topic(config.device_id, "assignment")
         self._client = self._build_client()
 
@@ -283,6 +287,10 @@ class AgentSession:
         except PayloadRejected as e:
             self.stats[f"dropped:{e.reason}"] += 1
             return
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest == self._last_accepted_sha256:
+            self.stats["duplicates"] += 1  # the retained copy again, after a reconnect
+            return
         try:
             self.assignments.receive_assignment(payload)
         except Exception as e:  # noqa: BLE001 - a bad payload must never take the session down
@@ -293,6 +301,7 @@ class AgentSession:
             self.stats[f"rejected:{code}"] += 1
             self._report_rejection(payload, code, str(e))
             return
+        self._last_accepted_sha256 = digest
         self.stats["assignments_accepted"] += 1
 
     def _check_transport(self, topic: str, payload: bytes) -> None:

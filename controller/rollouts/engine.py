@@ -6,7 +6,9 @@ after each batch. A controller killed anywhere in between finds the same devices
 publishes again; the `Assigner` is idempotent for (device, release, rollout), so a repeat costs one
 retained message at most and never a second version bump the device would act on.
 
-Device events arrive on the MQTT bridge's thread; `handle_event` only queues them. They are folded into
+Device events and statuses arrive on the MQTT bridge's thread; `handle_event` / `handle_status` only
+queue them. Events queued but not yet folded in die with the process; the retained statuses every
+device re-sends to a reconnecting controller let the records catch up (`machine.apply_status`). They are folded into
 the records on the engine's own thread, one rollout at a time, under one lock, so a tick and an event
 never race on the same record within a replica (across replicas the store's revision check does).
 
@@ -53,6 +55,9 @@ class Assigner(Protocol):
         rollout, republish it and return its version instead of issuing a higher one.
         """
 
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Return once the broker acknowledged every assignment published so far."""
+
 
 class RolloutEngine:
     def __init__(
@@ -68,7 +73,7 @@ class RolloutEngine:
         self.assigner = assigner
         self.clock = clock
         self.save_every = save_every
-        self._events: queue.SimpleQueue[wire.Event] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[wire.Event | wire.Status] = queue.SimpleQueue()
         self._lock = threading.RLock()
 
     # -- operator-facing ----------------------------------------------------------------------------
@@ -94,6 +99,11 @@ class RolloutEngine:
         if event.rollout_id is not None:
             self._events.put(event)
 
+    def handle_status(self, status: wire.Status) -> None:
+        """Called on the bridge's thread: queue only (the retained status lets a restart catch up)."""
+        if status.rollout_id is not None:
+            self._events.put(status)
+
     # -- the loop -----------------------------------------------------------------------------------
 
     def step(self) -> None:
@@ -117,7 +127,7 @@ class RolloutEngine:
             stop.wait(interval_s)
 
     def _drain_events(self) -> None:
-        by_rollout: dict[str, list[wire.Event]] = {}
+        by_rollout: dict[str, list[wire.Event | wire.Status]] = {}
         while True:
             try:
                 event = self._events.get_nowait()
@@ -133,7 +143,10 @@ class RolloutEngine:
             now = self.clock()
             updated = record
             for event in events:
-                updated = machine.apply_event(updated, event, now)
+                if isinstance(event, wire.Event):
+                    updated = machine.apply_event(updated, event, now)
+                else:
+                    updated = machine.apply_status(updated, event, now)
             if updated is not record:
                 self.store.save(updated)
 
@@ -154,6 +167,7 @@ class RolloutEngine:
                 assert release is not None
                 version = self.assigner.assign(device_id, release, record.rollout_id)
                 record = machine.confirm_published(record, device_id, version, self.clock(), revert=revert)
+            self.assigner.flush()  # never record as published what the broker has not acknowledged
             record = self.store.save(record)
         return record
 

@@ -73,6 +73,35 @@ def apply_event(record: RolloutRecord, event: wire.Event, now: float) -> Rollout
     return record.with_devices({event.device_id: changed})
 
 
+def apply_status(record: RolloutRecord, status: wire.Status, now: float) -> RolloutRecord:
+    """Catch up from a device's retained status (level-triggered), for events this controller lost.
+
+    Events are consumed before they are persisted; a controller killed in between loses them, but on
+    reconnect it receives every device's retained status again. A status names the assignment version
+    and, once the update ended (`IDLE`), its result: an error or the release now active. It carries no
+    ML figures, so a regression that only an event reported cannot be recovered from the status.
+    """
+    progress = record.devices.get(status.device_id)
+    if (status.rollout_id != record.rollout_id or progress is None or status.assignment_version is None
+            or status.assignment_version != progress.assignment_version):
+        return record
+    if progress.state not in (DeviceState.ASSIGNED, DeviceState.INSTALLING, DeviceState.TIMED_OUT):
+        return record
+    release = record.spec.release
+    if status.state != "IDLE":
+        state, reason = DeviceState.INSTALLING, None
+    elif status.last_error:
+        state, reason = DeviceState.FAILED, f"{status.last_error.split(':')[0]}: {status.last_error}"
+    elif status.active is not None and (status.active.model, status.active.version) == (release.model,
+                                                                                        release.version):
+        state, reason = DeviceState.SUCCEEDED, None
+    else:
+        return record
+    if state == progress.state:
+        return record
+    return record.with_devices({status.device_id: replace(progress, state=state, reason=reason, updated_at=now)})
+
+
 def tick(record: RolloutRecord, fleet: Mapping[str, DeviceInfo], now: float) -> RolloutRecord:
     """Advance as far as the current facts allow. `fleet`: the devices the selector matches now."""
     record = _admit_joiners(record, fleet, now)

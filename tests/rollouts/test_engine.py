@@ -45,6 +45,9 @@ class Assigner:
         self.issued.append((device_id, release, self._version))
         return self._version
 
+    def flush(self, timeout_s: float = 60.0) -> None:
+        pass
+
 
 class Crash(Exception):
     pass

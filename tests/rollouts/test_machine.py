@@ -252,3 +252,29 @@ def test_records_round_trip_through_json_mid_rollout() -> None:
     sim.report(sim.wave(1)[0], "gate_failed", {"accuracy": 0.1})
     sim.tick()
     assert record_from_json(record_to_json(sim.record)) == sim.record
+
+
+@pytest.mark.parametrize(
+    ("state", "active_version", "last_error", "status_version_delta", "expected"),
+    [
+        ("IDLE", "2", None, 0, DeviceState.SUCCEEDED),
+        ("IDLE", "1", "gate_failed: accuracy_below_min", 0, DeviceState.FAILED),
+        ("PROBATION", "2", None, 0, DeviceState.INSTALLING),
+        ("IDLE", "1", None, 0, DeviceState.ASSIGNED),       # idle on the old release without error: no claim
+        ("IDLE", "2", None, -1, DeviceState.ASSIGNED),      # about an older assignment
+    ],
+)
+def test_retained_status_lets_a_restarted_controller_catch_up(
+        state: str, active_version: str, last_error: str | None, status_version_delta: int,
+        expected: DeviceState) -> None:
+    from agent import wire
+
+    sim = Sim(spec(), fleet_of(3))
+    sim.tick()
+    canary = sim.wave(0)[0]
+    version = sim.record.devices[canary].assignment_version
+    assert version is not None
+    status = wire.Status(canary, "ab" * 8, 9, sim.now, state, wire.ActiveModel("digits", active_version, "v", "a"),
+                         version + status_version_delta, "r1", last_error)
+    sim.record = machine.apply_status(sim.record, status, sim.now)
+    assert sim.record.devices[canary].state == expected
