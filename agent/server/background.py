@@ -46,6 +46,12 @@ class BackgroundServer:
     def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
         return self.bridge.call(coro, timeout_s)
 
+    def stats(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """Per model/version/variant counters and latency histograms (see ModelServer.stats)."""
+        if self.models is None:
+            return []
+        return self.call(self.models.stats(), timeout_s)
+
     def start(self, timeout_s: float = 30.0) -> BackgroundServer:
         self._thread.start()
 

@@ -101,6 +101,20 @@ class ModelServer:
         version.stats.requests += 1
         version.stats.latency.record(latency_s)
 
+    async def stats(self) -> list[dict[str, Any]]:
+        """Counters and latency histogram (wire form) of every loaded version, for telemetry.
+
+        Cumulative since each version was loaded; histograms use fixed buckets, so a reader takes
+        differences between two snapshots of the same version, or merges across versions, exactly.
+        """
+        out: list[dict[str, Any]] = []
+        for model in self.models.values():
+            for role, version in (("current", model.current), ("previous", model.previous)):
+                if version is not None:
+                    out.append({"model": model.name, "version": version.version, "variant": version.variant,
+                                "role": role, "loaded_at_s": version.loaded_at_s, **version.stats.snapshot()})
+        return out
+
     def add_observer(self, name: str, observer: BatchObserver) -> None:
         self.model(name).observers.append(observer)
 

@@ -9,6 +9,7 @@ import aiohttp
 import httpx
 import numpy as np
 
+from agent.metrics.histogram import LatencyHistogram
 from controller.sample_models import SampleModel
 from tests.server.conftest import binary_request, json_request, load_session, parse_response, start_server
 from tests.server.fakes import RecordingSession
@@ -105,5 +106,10 @@ def test_a_failing_model_answers_500_and_counts_errors(digits_mlp: SampleModel) 
         assert stats["requests"] == 2 and stats["errors"] == 1
         assert stats["latency"]["count"] == 1
         assert np.isfinite(stats["latency"]["sum_s"])
+        # the same figures for telemetry, per model/version/variant, with a parseable histogram
+        [snapshot] = srv.stats()
+        assert (snapshot["model"], snapshot["version"], snapshot["role"]) == ("digits", "1", "current")
+        assert snapshot["requests"] == 2 and snapshot["errors"] == 1
+        assert LatencyHistogram.from_wire(snapshot["latency"]).count == 1
     finally:
         srv.stop()
