@@ -17,7 +17,7 @@ from typing import Any
 from agent.engine import ActiveModel, EngineConfig, ProbationResult, UpdateEngine, UpdateEvent
 from agent.gate import GateInput, GateOutcome, GateReport, ModelFigures, Verdict
 from agent.hardware import HardwareProfile, RuntimeInventory
-from agent.staging import BaseUrlLocator
+from agent.staging import BaseUrlLocator, StagingConfig
 from agent.state import State
 from manifests.assignment import Assignment, GatePolicy, ProbationPolicy, ReleaseRef, TargetPin
 from manifests.verify import SignedTarget, VerifiedPlan
@@ -169,8 +169,9 @@ class Injector:
 def make_engine(root: Path, repo: Repo, gate: ScriptedGate | None = None,
                 activator: RecordingActivator | None = None, probation: ScriptedProbation | None = None,
                 events: EventLog | None = None, hook: Callable[[str], None] | None = None,
-                timeouts: Mapping[State, float] | None = None, max_store_count: int = 40) -> UpdateEngine:
-    config = EngineConfig(state_timeouts_s=dict(timeouts) if timeouts else EngineConfig().state_timeouts_s,
+                timeouts: Mapping[State, float] | None = None, max_store_count: int = 40,
+                staging: StagingConfig | None = None) -> UpdateEngine:
+    config = EngineConfig(staging=staging or StagingConfig(),state_timeouts_s=dict(timeouts) if timeouts else EngineConfig().state_timeouts_s,
                           probation_grace_s=min(timeouts.values()) if timeouts else 120.0, max_store_count=max_store_count)
     return UpdateEngine(root, INTEL_VNNI, repo.locator, gate or ScriptedGate(), activator or RecordingActivator(),
                         probation or ScriptedProbation(), events or EventLog(), config=config, crash_hook=hook)

@@ -254,3 +254,22 @@ def test_partial_file_with_lost_writes_gets_one_clean_download(tmp_path: Path, p
         assert [r for _, r in server.requests] == [f"bytes={2 * MIB}-", None]
     assert result.resumed_from == 2 * MIB
     assert_staged(tmp_path, target, payload)
+
+
+def test_full_model_disk_fails_the_update_and_keeps_the_old_model(small_fs: Path, tmp_path: Path) -> None:
+    from agent.state import Status
+    from tests.agent.fakes import Repo, make_engine, variant
+
+    repo = Repo(tmp_path / "repo")
+    staging = StagingConfig(reserve_bytes=256 * 1024)
+    v1 = repo.plan(repo.release("digits", "1", ["ort-fp32.onnx"]))
+    assert make_engine(small_fs, repo, staging=staging).apply(v1).status is Status.SUCCESS
+    big = repo.put(*variant("digits", "2", "ort-fp32.onnx", os.urandom(6 * MIB)))
+    golden = [t for t in repo.release("digits", "2", []) if t.kind == "golden"]
+    outcome = make_engine(small_fs, repo, staging=staging).apply(repo.plan([big, *golden]))
+    assert outcome.status is Status.FAILURE and outcome.reason is not None
+    assert outcome.reason.startswith("download_failed: disk_full")
+    slots = FileSlotStore(small_fs)
+    current = slots.current()
+    assert current is not None and current.target == "models/digits/1/ort-fp32.onnx" and slots.verify(current)
+    assert list((small_fs / "staging").iterdir()) == []
