@@ -128,6 +128,23 @@ class Identity:
         return value
 
 
+def identity_problems(state_dir: Path) -> list[str]:
+    """Secrets of an enrolled device that others could read or swap (empty when none); the daemon
+    refuses to start on any, because a readable device key lets another local user impersonate it."""
+    identity = Identity(state_dir)
+    problems = []
+    for path in (identity.key_path, identity.password_path, identity.trust_path):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o077:
+            problems.append(f"{path} has mode {st.st_mode & 0o777:04o}; it must be 0600 (chmod 600 {path})")
+        if st.st_uid != os.geteuid():
+            problems.append(f"{path} is owned by uid {st.st_uid}, not by the agent's uid {os.geteuid()}")
+    return problems
+
+
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Atomic write with `mode` set before any byte lands (keys are never briefly world-readable)."""
     from manifests.client import write_atomic

@@ -19,6 +19,7 @@ from agent.enroll import (
     Identity,
     check_answer,
     enroll,
+    identity_problems,
 )
 from controller.app import create_app
 from controller.auth import create_api_token
@@ -73,6 +74,10 @@ def test_enroll_writes_identity_with_private_modes_and_is_idempotent(controller:
     assert record["tags"] == ["site:test"] and record["mqtt"]["username"] == "dev-enroll-1"
     secret = ident.password_path.read_text()
     assert len(secret) >= 32 and secret not in ident.enrollment_path.read_text()
+    assert identity_problems(state) == []
+    ident.key_path.chmod(0o640)
+    assert [p for p in identity_problems(state) if "device.key has mode 0640" in p]
+    ident.key_path.chmod(0o600)
     # Again: nothing is sent (the spent token would be refused), the same identity is reported.
     assert enroll(state, controller.url, token) == ("dev-enroll-1", False)
 
