@@ -59,7 +59,8 @@ class CompleteRequest(BaseModel):
 async def request_uploads(body: Annotated[UploadsRequest, Body()], db: DbSession, ctx: Context,
                           who: Device) -> dict[str, Any]:
     metas = [service.SampleMeta(**s.model_dump()) for s in body.samples]
-    uploads = await run_in_threadpool(service.request_uploads, db, ctx.store, who.device_id, metas)
+    ttl_s = int(ctx.extras.get("sample_url_ttl_s", service.DEFAULT_URL_TTL_S))
+    uploads = await run_in_threadpool(service.request_uploads, db, ctx.store, who.device_id, metas, ttl_s)
     return {"uploads": uploads}
 
 
