@@ -1,0 +1,124 @@
+"""The rollout store and assignment ledger on the controller's database (SQLite or PostgreSQL).
+
+Same contracts as the file implementations (`store.FileRolloutStore`, `assigner.FileAssignmentLedger`):
+
+- `SqlRolloutStore.save` is one `UPDATE … WHERE id = ? AND revision = ?`; zero rows updated means
+  another writer got there first (`StaleRecord`), which is how two replicas or a command racing a tick
+  are kept from overwriting each other without holding locks across a step.
+- `SqlAssignmentLedger.record` inserts or raises the version in one transaction and refuses a version
+  that is not above the stored one; it commits before the caller publishes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timezone
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.rollouts.assigner import LedgerEntry
+from controller.rollouts.codec import record_from_json, record_to_json
+from controller.rollouts.errors import RolloutError, RolloutNotFound, StaleRecord
+from controller.rollouts.models import AssignmentRow, RolloutRow
+from controller.rollouts.records import RolloutRecord, RolloutState
+from controller.rollouts.store import _check_id
+from manifests.assignment import ReleaseRef
+
+_TERMINAL = [s.value for s in RolloutState if s.terminal]
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class SqlRolloutStore:
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._sessions = session_factory
+
+    def create(self, record: RolloutRecord) -> RolloutRecord:
+        _check_id(record.rollout_id)
+        stored = _with_revision(record, 1)
+        row = RolloutRow(
+            id=record.rollout_id, state=record.state.value, release_model=record.spec.release.model,
+            release_version=record.spec.release.version, created_by=record.created_by,
+            created_at=_utc(record.created_at), updated_at=_utc(record.created_at), revision=1,
+            record=record_to_json(stored),
+        )
+        with self._sessions() as session:
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError as e:
+                raise StaleRecord(f"rollout {record.rollout_id} already exists") from e
+        return stored
+
+    def load(self, rollout_id: str) -> RolloutRecord:
+        with self._sessions() as session:
+            row = session.get(RolloutRow, rollout_id)
+            if row is None:
+                raise RolloutNotFound(f"no rollout {rollout_id!r}")
+            return record_from_json(row.record)
+
+    def save(self, record: RolloutRecord) -> RolloutRecord:
+        stored = _with_revision(record, record.revision + 1)
+        with self._sessions() as session:
+            result = session.execute(
+                update(RolloutRow)
+                .where(RolloutRow.id == record.rollout_id, RolloutRow.revision == record.revision)
+                .values(state=record.state.value, revision=stored.revision, record=record_to_json(stored),
+                        updated_at=datetime.now(timezone.utc))
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                if session.get(RolloutRow, record.rollout_id) is None:
+                    raise RolloutNotFound(f"no rollout {record.rollout_id!r}")
+                raise StaleRecord(f"rollout {record.rollout_id}: revision {record.revision} is no longer current")
+            session.commit()
+        return stored
+
+    def list_ids(self, active_only: bool = False) -> list[str]:
+        query = select(RolloutRow.id).order_by(RolloutRow.created_at, RolloutRow.id)
+        if active_only:
+            query = query.where(RolloutRow.state.not_in(_TERMINAL))
+        with self._sessions() as session:
+            return list(session.scalars(query))
+
+
+class SqlAssignmentLedger:
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._sessions = session_factory
+
+    def latest(self, device_id: str) -> LedgerEntry | None:
+        with self._sessions() as session:
+            row = session.get(AssignmentRow, device_id)
+            if row is None:
+                return None
+            return LedgerEntry(row.version, ReleaseRef(row.release_model, row.release_version), row.rollout_id,
+                               row.expires_at.timestamp(), bytes(row.payload))
+
+    def record(self, device_id: str, entry: LedgerEntry) -> None:
+        with self._sessions() as session:
+            row = session.get(AssignmentRow, device_id, with_for_update=True)
+            if row is not None and entry.version <= row.version:
+                raise RolloutError(f"assignment version {entry.version} for {device_id} is not above "
+                                   f"the recorded {row.version}")
+            if row is None:
+                row = AssignmentRow(device_id=device_id)
+                session.add(row)
+            row.version = entry.version
+            row.release_model = entry.release.model
+            row.release_version = entry.release.version
+            row.rollout_id = entry.rollout_id
+            row.expires_at = _utc(entry.expires_at)
+            row.issued_at = datetime.now(timezone.utc)
+            row.payload = entry.payload
+            try:
+                session.commit()
+            except IntegrityError as e:  # a concurrent first assignment for the same device
+                raise RolloutError(f"concurrent assignment for {device_id}: {e}") from e
+
+
+def _with_revision(record: RolloutRecord, revision: int) -> RolloutRecord:
+    return replace(record, revision=revision)
