@@ -43,7 +43,11 @@ from controller.enrollment.trust import TrustRoots
 from controller.mqtt.bridge import BridgeConfig, MqttBridge
 from controller.registry.repository import RepositoryPublisher, default_publisher, default_trust_roots
 from controller.registry.service import BuildFn, ModelRegistry
+from controller.samples import api as samples_api
 from controller.settings import Settings
+from controller.telemetry import api as telemetry_api
+from controller.telemetry import prometheus as telemetry_metrics
+from controller.telemetry.service import telemetry_service
 
 PRESIGN_SECRET_FILE = "presign.key"
 #: Presigned PUTs (captured samples) through the controller's own store.
@@ -132,6 +136,8 @@ def create_app(
         )
         ctx.extras["bridge"] = bridge
         background.append(BackgroundStart(bridge, what="MQTT bridge"))
+        ctx.extras["telemetry"] = telemetry_service(settings, session_factory)
+        background.append(BackgroundStart(ctx.extras["telemetry"], what="telemetry ingest"))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -176,6 +182,9 @@ def create_app(
         repository.router,
     ):
         app.include_router(router)
+    app.include_router(telemetry_api.router)
+    app.include_router(telemetry_metrics.router)
+    app.include_router(samples_api.router)
     app.include_router(
         artifact_router(store, signer=signer, max_upload_bytes=ARTIFACT_UPLOAD_MAX_BYTES), prefix="/artifacts"
     )
