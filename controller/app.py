@@ -32,7 +32,7 @@ from controller.artifacts import ArtifactStore, UrlSigner, store_from_url
 from controller.artifacts.http import artifact_router
 from controller.artifacts.refresh import RepositoryRefresher
 from controller.background import BackgroundStart
-from controller.build import build_variants
+from controller.build import BuildOptions, build_variants
 from controller.dashboard import mount_dashboard
 from controller.db import make_engine, make_session_factory
 from controller.db import migrate as db_migrate
@@ -105,6 +105,7 @@ def create_app(
         max_model_bytes=settings.max_model_bytes,
         max_golden_bytes=settings.max_golden_bytes,
         workers=settings.build_workers,
+        build_options=BuildOptions(variants=settings.build_variants, latency_runs=settings.build_latency_runs),
         build_fn=build_fn or build_variants,
     )
     ctx = ControllerContext(

@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     max_golden_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     build_workers: int = Field(1, ge=1, le=8)
+    build_variants: tuple[str, ...] = Field(
+        ("onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-fp16", "tensorrt-fp16"),
+        description="Variants built for every release (e.g. drop OpenVINO for a Jetson-only fleet).",
+    )
+    build_latency_runs: int = Field(30, ge=1, le=10_000, description="Timed runs per variant at build time.")
+
+    @field_validator("build_variants")
+    @classmethod
+    def _known_variants(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-fp16", "tensorrt-fp16")
+        unknown = [v for v in value if v not in known]
+        if unknown or not value:
+            raise ValueError(f"build_variants must be a non-empty subset of {known}; unknown: {unknown}")
+        return value
 
     @field_validator("database_url", "artifact_url")
     @classmethod

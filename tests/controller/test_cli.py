@@ -30,7 +30,8 @@ def served(tmp_path: Path, keyring_dir: Path) -> Iterator[dict[str, str]]:
     port = free_port()
     env = {**os.environ, "EDGEFLEET_STATE_DIR": str(tmp_path / "state"), "EDGEFLEET_KEYS_DIR": str(keyring_dir),
            "EDGEFLEET_PORT": str(port), "EDGEFLEET_PUBLIC_URL": f"http://127.0.0.1:{port}",
-           "EDGEFLEET_CLI_CONFIG": str(tmp_path / "cli.toml"), "COLUMNS": "250"}
+           "EDGEFLEET_CLI_CONFIG": str(tmp_path / "cli.toml"), "COLUMNS": "250",
+           "EDGEFLEET_BUILD_VARIANTS": '["onnxruntime-fp32", "openvino-fp32"]', "EDGEFLEET_BUILD_LATENCY_RUNS": "3"}
     env.pop("EDGEFLEET_URL", None)
     env.pop("EDGEFLEET_TOKEN", None)
     migrated = _run(["controller", "migrate"], env)

@@ -81,6 +81,8 @@ def test_settings_precedence_file_env_overrides(tmp_path: Path, monkeypatch: pyt
     config.write_text("port = [unclosed\n")
     with pytest.raises(ValueError, match="not valid TOML"):
         Settings.load(config)
+    with pytest.raises(ValueError, match="build_variants"):
+        Settings(build_variants=("tflite-int8",))
     config.write_text("no_such_setting = 1\n")
     with pytest.raises(ValueError, match="no_such_setting"):
         Settings.load(config)

@@ -126,12 +126,9 @@ def test_oversized_upload_is_refused_before_anything_is_stored(controller_settin
 
 def test_failed_publish_marks_release_failed_and_cleans_up(controller_settings: Settings, tmp_path: Path,
                                                             digits_mlp: SampleModel) -> None:
-    from controller.build import BuildOptions
-
-    settings = controller_settings.model_copy(update={"keys_dir": tmp_path / "no-keys-here"})
+    settings = controller_settings.model_copy(update={
+        "keys_dir": tmp_path / "no-keys-here", "build_variants": ("onnxruntime-fp32",), "build_latency_runs": 3})
     with start_env(settings) as env:
-        # Keep this build short: the point is what happens after it.
-        env.ctx.registry._build_options = BuildOptions(variants=("onnxruntime-fp32",), latency_runs=3)
         r = _upload(env, digits_mlp.path.read_bytes(), digits_mlp.golden_path.read_bytes(), version="2.0")
         assert r.status_code == 202
         release = _wait_done(env, "digits-mlp", "2.0")
@@ -147,12 +144,10 @@ def test_failed_publish_marks_release_failed_and_cleans_up(controller_settings: 
 def test_registry_on_s3_publishes_and_cleans_up(tmp_path: Path, keyring_dir: Path, s3: Any,
                                                 digits_mlp: SampleModel, digits_cnn: SampleModel) -> None:
     """The same flow with the artifact store on S3 (SeaweedFS): uploads, builds and the repository."""
-    from controller.build import BuildOptions
-
     settings = Settings(state_dir=tmp_path / "state", keys_dir=keyring_dir, artifact_url=f"s3://{s3.bucket}/fleet",
-                        s3_endpoint_url=s3.url, s3_access_key=s3.access_key, s3_secret_key=s3.secret_key)
+                        s3_endpoint_url=s3.url, s3_access_key=s3.access_key, s3_secret_key=s3.secret_key,
+                        build_variants=("onnxruntime-fp32", "openvino-fp32"), build_latency_runs=3)
     with start_env(settings) as env:
-        env.ctx.registry._build_options = BuildOptions(variants=("onnxruntime-fp32", "openvino-fp32"), latency_runs=3)
         model, golden = digits_mlp.path.read_bytes(), digits_mlp.golden_path.read_bytes()
         bad = _upload(env, model, digits_cnn.golden_path.read_bytes(), version="0.9")
         assert bad.status_code == 422 and _store_keys(env, "uploads/") == []

@@ -12,7 +12,6 @@ from typing import Any
 from tuf.api.metadata import Metadata, Targets
 
 from controller.artifacts import LocalArtifactStore
-from controller.build import BuildOptions
 from controller.registry.repository import REPOSITORY_PREFIX, PrefixedStore
 from controller.sample_models import SampleModel
 from controller.settings import Settings
@@ -49,14 +48,15 @@ def _wait_status(env: ControllerEnv, path: str, statuses: set[str], timeout_s: f
 
 def test_offline_release_key_workflow(controller_settings: Settings, keyring_dir: Path, tmp_path: Path,
                                       digits_mlp: SampleModel) -> None:
-    settings = controller_settings.model_copy(update={"keys_dir": _offline_keys(keyring_dir, tmp_path)})
+    settings = controller_settings.model_copy(update={
+        "keys_dir": _offline_keys(keyring_dir, tmp_path), "build_variants": ("onnxruntime-fp32",),
+        "build_latency_runs": 3})
     store = LocalArtifactStore(Path(settings.resolved_artifact_url.removeprefix("file://")))
     # The repository is created once where the release key is (`edgefleet repository init`).
     ImageRepository(PrefixedStore(store, REPOSITORY_PREFIX), Keyring(keyring_dir)).initialize()
     release_key = Keyring(keyring_dir)
 
     with start_env(settings) as env:
-        env.ctx.registry._build_options = BuildOptions(variants=("onnxruntime-fp32",), latency_runs=3)
         files = {"model": ("m.onnx", digits_mlp.path.read_bytes()), "golden": ("g.npz", digits_mlp.golden_path.read_bytes())}
         r = env.client.post("/api/v1/models", files=files, data={"name": "digits-mlp", "version": "3.0"},
                             headers=env.auth("operator"))
