@@ -125,3 +125,28 @@ def test_acl_never_keys_on_the_client_id() -> None:
     assert "%c" not in text
     assert "pattern read edgefleet/v1/%u/assignment" in text
     assert "pattern write edgefleet/v1/%u/assignment" not in text
+
+
+def test_controller_bridge_with_shared_subscriptions_works_under_the_acl(broker: Any, tmp_path: Path) -> None:
+    from agent.mqtt import AgentSession, Outbox, SessionConfig
+    from controller.mqtt import BridgeConfig, MqttBridge
+
+    from .conftest import PrefixVerifier, RecordingSink
+
+    sink = RecordingSink()
+    bridge = MqttBridge(BridgeConfig("127.0.0.1", broker.port, username="ctl", password="secret-ctl"), sink)
+    bridge.start()
+    verifier = PrefixVerifier()
+    session = AgentSession(SessionConfig("127.0.0.1", broker.port, "dev-a", "secret-a"), Outbox(tmp_path / "o"),
+                           verifier)
+    session.start()
+    try:
+        assert bridge.shared_subscriptions
+        wait_until(lambda: session.connected.is_set(), message="device connected")
+        session.publish_event("committed")
+        bridge.publish_assignments([("dev-a", b"signed:1")])
+        wait_until(lambda: [e.kind for e in sink.events] == ["committed"], message="event through $share")
+        wait_until(lambda: verifier.latest() == b"signed:1", message="assignment to the device")
+    finally:
+        session.stop(timeout_s=0.5)
+        bridge.stop()
