@@ -10,17 +10,7 @@ The pure table decides every successor; the driver only runs the state's work an
 it produced. Every transition is reported through the `Reporter` port; the final status is computed
 from the journal's flags.
 
-Ports (small Protocols; production implementations live with their owners):
-
-| port       | role                                              | here                        |
-|------------|---------------------------------------------------|-----------------------------|
-| Reporter   | typed update events out (MQTT later)              | `LogReporter`               |
-| Activator  | hot-swap the served model / swap back             | the inference server        |
-| Probation  | watch the new model for a window, pass or fail    | the inference server        |
-| Fetcher    | bytes from a URL with an offset                   | `agent.staging.UrlFetcher`  |
-| Gate       | measure + judge a candidate                       | `agent.gate.ProcessGate`    |
-| SlotStore  | content-addressed models + current/previous       | `agent.slots.FileSlotStore` |
-| Clock      | wall time for expiry, monotonic time, sleep       | `SystemClock`               |
+Its ports, configuration and outcome types live in `agent.state.ports` (re-exported here).
 
 The driver trusts only the verified plan (hashes, sizes, compatibility). It raises nothing for a bad
 update: every failure ends in a status with a reason, and the device keeps serving its model.
@@ -40,7 +30,7 @@ from agent.gate import Gate, GateInput
 from agent.hardware.profile import HardwareProfile
 from agent.selection import select
 from agent.slots import FileSlotStore, ModelRef, SlotError, SlotStore
-from agent.staging import Fetcher, Stager, StagingConfig, StagingError, TargetLocator
+from agent.staging import Fetcher, Stager, StagingError, TargetLocator
 from agent.state import (
     Event,
     Flags,
@@ -58,12 +48,15 @@ from agent.state.ports import (
     Activator,
     ActiveModel,
     Clock,
+    EngineConfig,
     LogReporter,
     Probation,
     ProbationResult,
     Reporter,
+    StateTimeout,
     SystemClock,
     UpdateEvent,
+    UpdateOutcome,
 )
 from manifests.errors import TrustError
 from manifests.verify import SignedTarget, VerifiedPlan
@@ -75,35 +68,6 @@ __all__ = [
     "Reporter", "SlotStore", "SystemClock", "UpdateEngine", "UpdateEvent", "UpdateOutcome", "plan_from_json",
     "plan_to_json",
 ]
-
-
-class StateTimeout(Exception):
-    """A state's work did not finish within its timeout (treated as a failure of that state)."""
-
-
-# DOWNLOAD and GATE have their own bounds (the stager's deadline, the gate child's timeout); these
-# catch a port that hangs. A state that times out fails like any other failure of that state.
-_DEFAULT_TIMEOUTS_S: Mapping[State, float] = {
-    State.VERIFY: 120.0, State.DOWNLOAD: 4 * 3600.0, State.GATE: 3600.0, State.ACTIVATE: 300.0,
-    State.COMMIT: 120.0, State.ROLLBACK: 300.0, State.FAILURE: 60.0, State.CLEANUP: 120.0,
-}
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_store_count: int = 40
-    state_timeouts_s: Mapping[State, float] = field(default_factory=lambda: dict(_DEFAULT_TIMEOUTS_S))
-    probation_grace_s: float = 120.0  # PROBATION times out after the policy's window plus this
-    staging: StagingConfig = field(default_factory=StagingConfig)
-
-
-@dataclass(frozen=True)
-class UpdateOutcome:
-    deployment_id: str
-    status: Status
-    reason: str | None
-    current: ModelRef | None
-    gate_reports: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,21 @@
-"""The update driver's ports: what it needs from the rest of the agent, as small Protocols.
+"""The update driver's ports (what it needs from the rest of the agent, as small Protocols), its
+configuration and the outcome it returns.
 
 The driver (`agent.engine`) depends only on these; tests drive it with fakes of them, and the
 inference server, the MQTT client and the real clock implement them in production. Everything here
 is data or an interface; `SystemClock` and `LogReporter` are the trivial production defaults.
+
+Ports and who implements them in production:
+
+| port       | role                                              | here                        |
+|------------|---------------------------------------------------|-----------------------------|
+| Reporter   | typed update events out (MQTT on a connected device) | `LogReporter`               |
+| Activator  | hot-swap the served model / swap back             | the inference server        |
+| Probation  | watch the new model for a window, pass or fail    | the inference server        |
+| Fetcher    | bytes from a URL with an offset                   | `agent.staging.UrlFetcher`  |
+| Gate       | measure + judge a candidate                       | `agent.gate.ProcessGate`    |
+| SlotStore  | content-addressed models + current/previous       | `agent.slots.FileSlotStore` |
+| Clock      | wall time for expiry, monotonic time, sleep       | `SystemClock`               |
 """
 
 from __future__ import annotations
@@ -16,6 +29,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.slots import ModelRef
+from agent.staging import StagingConfig
+from agent.state.machine import State, Status
 from manifests.assignment import ProbationPolicy
 
 log = logging.getLogger("agent.engine")
@@ -94,3 +109,32 @@ class LogReporter:
     def report(self, event: UpdateEvent) -> None:
         log.info("update %s #%d %s -> %s (%s) %s", event.deployment_id, event.seq, event.previous_state,
                  event.state, event.status, event.reason or "")
+
+
+class StateTimeout(Exception):
+    """A state's work did not finish within its timeout (treated as a failure of that state)."""
+
+
+# DOWNLOAD and GATE have their own bounds (the stager's deadline, the gate child's timeout); these
+# catch a port that hangs. A state that times out fails like any other failure of that state.
+_DEFAULT_TIMEOUTS_S: Mapping[State, float] = {
+    State.VERIFY: 120.0, State.DOWNLOAD: 4 * 3600.0, State.GATE: 3600.0, State.ACTIVATE: 300.0,
+    State.COMMIT: 120.0, State.ROLLBACK: 300.0, State.FAILURE: 60.0, State.CLEANUP: 120.0,
+}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_store_count: int = 40
+    state_timeouts_s: Mapping[State, float] = field(default_factory=lambda: dict(_DEFAULT_TIMEOUTS_S))
+    probation_grace_s: float = 120.0  # PROBATION times out after the policy's window plus this
+    staging: StagingConfig = field(default_factory=StagingConfig)
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    deployment_id: str
+    status: Status
+    reason: str | None
+    current: ModelRef | None
+    gate_reports: tuple[Mapping[str, Any], ...] = ()
