@@ -88,7 +88,7 @@ def apply_status(record: RolloutRecord, status: wire.Status, now: float) -> Roll
     if progress.state not in (DeviceState.ASSIGNED, DeviceState.INSTALLING, DeviceState.TIMED_OUT):
         return record
     release = record.spec.release
-    if status.state != "IDLE":
+    if status.state.upper() != "IDLE":
         state, reason = DeviceState.INSTALLING, None
     elif status.last_error:
         state, reason = DeviceState.FAILED, f"{status.last_error.split(':')[0]}: {status.last_error}"

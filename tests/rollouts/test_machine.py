@@ -258,6 +258,7 @@ def test_records_round_trip_through_json_mid_rollout() -> None:
     ("state", "active_version", "last_error", "status_version_delta", "expected"),
     [
         ("IDLE", "2", None, 0, DeviceState.SUCCEEDED),
+        ("idle", "2", None, 0, DeviceState.SUCCEEDED),
         ("IDLE", "1", "gate_failed: accuracy_below_min", 0, DeviceState.FAILED),
         ("PROBATION", "2", None, 0, DeviceState.INSTALLING),
         ("IDLE", "1", None, 0, DeviceState.ASSIGNED),       # idle on the old release without error: no claim
