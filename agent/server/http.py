@@ -116,18 +116,17 @@ class InferenceServer:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.app = web.Application(middlewares=[_errors], client_max_size=self.config.max_body_bytes)
-        routes = [
+        # infer first: the router tries resources in order, and infer is the hot path
+        routes = [web.post("/v2/models/{name}/infer", self.infer),
+                  web.post("/v2/models/{name}/versions/{version}/infer", self.infer)]
+        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            routes += [web.get(prefix, self.model_metadata), web.get(prefix + "/ready", self.model_ready)]
+        routes += [
             web.get("/v2/health/live", self.live),
             web.get("/v2/health/ready", self.ready),
             web.get("/v2", self.server_metadata),
             web.get("/edgefleet/models/{name}/stats", self.stats),
         ]
-        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-            routes += [
-                web.get(prefix, self.model_metadata),
-                web.get(prefix + "/ready", self.model_ready),
-                web.post(prefix + "/infer", self.infer),
-            ]
         self.app.add_routes(routes)
 
     @property

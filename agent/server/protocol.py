@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,9 @@ from agent.runtime import DATATYPES, TensorSpec
 from agent.server.errors import RequestError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# The wire is little-endian; built once, not per tensor (dtype construction shows on a 12 µs model).
+_LITTLE_ENDIAN = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items()}
+_NATIVE_LITTLE = sys.byteorder == "little"
 _INT_KINDS = "iu"
 
 
@@ -201,7 +205,7 @@ def decode_infer_request(
             raise RequestError(
                 f"{where}: binary data truncated: needs bytes {offset}..{offset + size}, body has {len(body)}"
             )
-        tensors[name] = np.frombuffer(body, dtype=dtype.newbyteorder("<"), count=math.prod(shape),
+        tensors[name] = np.frombuffer(body, dtype=_LITTLE_ENDIAN[datatype], count=math.prod(shape),
                                       offset=offset).reshape(shape)
         offset += size
     if offset != len(body):
@@ -256,7 +260,8 @@ def encode_infer_response(
             "shape": list(array.shape),
         }
         if binary:
-            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            blob = (array if array.dtype.byteorder in "=<|" and _NATIVE_LITTLE else array.astype(
+                array.dtype.newbyteorder("<"))).tobytes()  # tobytes() is C order whatever the strides
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

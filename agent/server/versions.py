@@ -112,6 +112,8 @@ def count_nonfinite_rows(outputs: Mapping[str, np.ndarray], rows: int | None) ->
         if array.dtype.kind != "f":
             continue
         finite = np.isfinite(array)
+        if finite.all():  # the common case, without per-row bookkeeping
+            continue
         if rows is None or array.ndim == 0 or array.shape[0] != rows:
             if not finite.all():
                 return rows if rows is not None else 1
