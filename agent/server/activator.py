@@ -109,6 +109,7 @@ class ServingActivator:
             session = self._load(model)
             self.bridge.call(self.models.swap(name, session, model.ref.version, variant_of(model.ref),
                                               origin=model.ref.sha256))
+            self.bridge.call(self.models.commit(name))  # nothing else stays loaded beside it
         if rejected is not None and rejected != name:
             self.bridge.call(self.models.unload(rejected))
         self.served_name = name
