@@ -185,10 +185,11 @@ class Server:
         self.log.close()
 
 
-def agent_server(model: Path, threads: int, max_batch: int) -> Server:
+def agent_server(model: Path, threads: int, max_batch: int, workers: int = 1) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "agent.cli", "serve", str(model), "--name", "m", "--port", str(port),
-           "--threads", str(threads), "--max-batch-size", str(max_batch), "--log-level", "WARNING"]
+           "--threads", str(threads), "--max-batch-size", str(max_batch), "--workers", str(workers),
+           "--log-level", "WARNING"]
     return Server(cmd, port, "/v2/models/m/ready")
 
 
@@ -201,14 +202,15 @@ def naive_server(model: Path, threads: int, workdir: Path) -> Server:
 
 
 def measure_model(label: str, model: Path, x: np.ndarray, threads: int, args: argparse.Namespace,
-                  workdir: Path, connections: list[int]) -> dict[str, Any]:
+                  workdir: Path, connections: list[int], agent_threads: int | None = None,
+                  agent_workers: int = 1) -> dict[str, Any]:
     """(a) before, (b) and (c) at each connection count, (a) after."""
     result: dict[str, Any] = {"threads": threads}
     d = args.duration_s
     bare_before = bare_loop(model, x, threads, d / 2)
     body, headers = binary_body("input", x)
     naive_body = json.dumps({"data": x.tolist()}).encode()
-    agent = agent_server(model, threads, args.max_batch_size)
+    agent = agent_server(model, agent_threads or threads, args.max_batch_size, agent_workers)
     try:
         for c in connections:
             run_wrk(f"http://127.0.0.1:{agent.port}/v2/models/m/infer", body, headers, c, 1, workdir)  # warm
@@ -228,7 +230,7 @@ def measure_model(label: str, model: Path, x: np.ndarray, threads: int, args: ar
                       "p50_us": (bare_before["p50_us"] + bare_after["p50_us"]) / 2,
                       "per_s_before": bare_before["per_s"], "per_s_after": bare_after["per_s"]}
     print(f"\n{label}: input {list(x.shape)}, {len(body)} B binary / {len(naive_body)} B JSON, "
-          f"{threads} intra-op thread(s)")
+          f"{threads} intra-op thread(s); agent {agent_workers} worker(s) x {agent_threads or threads} thread(s)")
     print(f"  (a) bare ORT batch 1     {result['bare']['per_s']:9.1f} /s   p50 {result['bare']['p50_us']:8.1f} µs"
           f"   (before {bare_before['per_s']:.1f}, after {bare_after['per_s']:.1f})")
     for c in connections:
@@ -248,6 +250,9 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--cnn-threads", type=int, default=None, help="default: the CPUs this process may use")
     parser.add_argument("--mlp-threads", type=int, default=1)
+    parser.add_argument("--cnn-agent-workers", type=int, default=1,
+                        help="agent batches running at once for the CNN (with --cnn-agent-threads each)")
+    parser.add_argument("--cnn-agent-threads", type=int, default=None)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
@@ -262,7 +267,7 @@ def main() -> int:
         x_mlp = mlp.golden.inputs[:1].astype(np.float32)
         print(f"machine: {os.cpu_count()} CPUs; wrk -t1; each run {args.duration_s:.0f} s")
         cnn_result = measure_model("MobileNetV2-like CNN 224x224", cnn.path, x_cnn, cnn_threads, args, workdir,
-                                   [args.connections])
+                                   [args.connections], args.cnn_agent_threads, args.cnn_agent_workers)
         mlp_result = measure_model("digits MLP 64-128-10", mlp.path, x_mlp, args.mlp_threads, args, workdir,
                                    [1, args.connections])
     c = args.connections
@@ -284,6 +289,8 @@ def main() -> int:
                       for k, r in res.items() if k.startswith(("agent_", "naive_"))),
         "connections": c,
         "cnn_threads": cnn_threads,
+        "cnn_agent_workers": args.cnn_agent_workers,
+        "cnn_agent_threads": args.cnn_agent_threads or cnn_threads,
         "mlp_threads": args.mlp_threads,
     }
     print(f"\nCNN: agent/bare {figures['cnn_ratio_vs_bare']:.2f}x (goal >= 1.0), agent/naive "

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a short batch may wait for more rows (default 0: batch what queued "
                              "while the previous batch ran)")
     parser.add_argument("--max-queue", type=int, default=256, help="queued requests per model before 429")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="batches run at the same time (pair with --threads: e.g. 2 workers x 1 thread)")
     parser.add_argument("--max-body-mb", type=float, default=64.0)
     parser.add_argument("--log-level", default="INFO")
 
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         batching = BatchingConfig(max_batch_size=args.max_batch_size,
                                   max_queue_delay_s=args.max_queue_delay_ms / 1000.0,
-                                  max_queue_requests=args.max_queue)
+                                  max_queue_requests=args.max_queue, workers=args.workers)
         port = args.port if args.port is not None or args.unix_socket is not None else 8000
         config = ServerConfig(host=args.host, port=port, unix_socket=args.unix_socket,
                               max_body_bytes=int(args.max_body_mb * 1024 * 1024), batching=batching)
