@@ -29,6 +29,7 @@ Relative paths are resolved against the config file's folder, so a device folder
 | gate_timeout_s, gate_latency_rounds| 300 / 300    | the benchmark gate's child process               |
 | trust_raise_floor_on_commit        | false        | raise the release-counter floor when a release commits |
 | shutdown_grace_s                   | 10           | how long SIGTERM waits for a running update step |
+| telemetry_enabled, _sample_every_s, _batch_every_s, _max_points | true / 10 / 30 / 2000 | metrics loop |
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class DaemonConfig:
     gate_latency_rounds: int = 300
     probation_poll_interval_s: float = 1.0
     trust_raise_floor_on_commit: bool = False
+    telemetry_enabled: bool = True
+    telemetry_sample_every_s: float = 10.0
+    telemetry_batch_every_s: float = 30.0
+    telemetry_max_points: int = 2000
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 
@@ -143,6 +148,10 @@ FIELDS: Mapping[str, tuple[str, bool]] = {
     "gate_latency_rounds": ("int", False),
     "probation_poll_interval_s": ("float", False),
     "trust_raise_floor_on_commit": ("bool", False),
+    "telemetry_enabled": ("bool", False),
+    "telemetry_sample_every_s": ("float", False),
+    "telemetry_batch_every_s": ("float", False),
+    "telemetry_max_points": ("int", False),
     "shutdown_grace_s": ("float", False),
     "log_level": ("str", False),
 }
@@ -305,7 +314,9 @@ def _check(c: DaemonConfig) -> None:
     positive = {"mqtt_keepalive_s": c.mqtt_keepalive_s, "mqtt_reconnect_max_s": c.mqtt_reconnect_max_s,
                 "gate_timeout_s": c.gate_timeout_s, "gate_latency_rounds": c.gate_latency_rounds,
                 "server_max_batch_size": c.server_max_batch_size,
-                "probation_poll_interval_s": c.probation_poll_interval_s, "shutdown_grace_s": c.shutdown_grace_s}
+                "probation_poll_interval_s": c.probation_poll_interval_s, "shutdown_grace_s": c.shutdown_grace_s,
+                "telemetry_sample_every_s": c.telemetry_sample_every_s,
+                "telemetry_batch_every_s": c.telemetry_batch_every_s}
     for key, number in positive.items():
         if not number > 0:
             raise ConfigError(f"{key} must be positive, got {number}")

@@ -43,6 +43,8 @@ from agent.state.ports import ActiveModel
 
 if TYPE_CHECKING:
     from agent.engine import UpdateEngine
+    from agent.hardware.profile import HardwareProfile
+    from agent.telemetry import SystemSampler, TelemetryLoop
     from manifests.client import TrustClient
     from manifests.verify import VerifiedPlan
 
@@ -61,9 +63,13 @@ class Daemon:
             host=config.server_host, port=config.server_port, unix_socket=config.server_unix_socket,
             serve_as=config.server_serve_as, threads=config.server_threads,
             max_batch_size=config.server_max_batch_size, max_queue_delay_ms=config.server_max_queue_delay_ms,
-            probation_poll_interval_s=config.probation_poll_interval_s), on_started=self._server_started)
+            probation_poll_interval_s=config.probation_poll_interval_s), on_started=self._server_started,
+            configure_app=self._mount_metrics)
         self.session: AgentSession | None = None
         self.reporter: MqttReporter | None = None
+        self.telemetry: TelemetryLoop | None = None
+        self._system: SystemSampler | None = None
+        self._profile: HardwareProfile | None = None
         self.exit_code = 0
         self._stop = threading.Event()
         self._busy = threading.Event()
@@ -103,6 +109,13 @@ class Daemon:
         self.session = self._connect()
         self.reporter = MqttReporter(self.session, self._current)
         self.reporter.publish_status("idle" if restore_error is None else "error", restore_error)
+        if self.config.telemetry_enabled:
+            from agent.daemon.telemetry import build_telemetry
+
+            self.telemetry = build_telemetry(self.config, self.session, self.serving,
+                                             lambda: self.reporter.state if self.reporter else None,
+                                             self._system_sampler())
+            self.telemetry.start()
         self._worker = threading.Thread(target=self._work, name="update-worker", daemon=True)
         self._worker.start()
         self._write_runtime("running")
@@ -121,6 +134,8 @@ class Daemon:
         if worker is not None and worker.is_alive():
             worker.join(self.config.shutdown_grace_s)
         interrupted = worker is not None and worker.is_alive() and self._busy.is_set()
+        if self.telemetry is not None:
+            self.telemetry.stop()
         if self.session is not None:
             self.session.wait_drained(2.0)
             self.session.stop()
@@ -212,6 +227,7 @@ class Daemon:
     def _work(self) -> None:
         try:
             self._resume()
+            self._get_profile()  # in a child process; telemetry batches name the hardware class from now on
             while not self._stop.is_set():
                 payload = self.inbox.take(1.0)
                 if payload is not None and not self._stop.is_set():
@@ -326,16 +342,26 @@ class Daemon:
         if self.reporter is not None:
             self.reporter.begin(deployment)
 
+    def _get_profile(self) -> HardwareProfile:
+        if self._profile is None:
+            from agent.daemon.hardware import probe_profile
+
+            self._profile = probe_profile(self.config.hardware_probe_root)
+            log.info("hardware class %s", self._profile.hardware_class)
+            if self.telemetry is not None:
+                from agent.daemon.telemetry import set_hardware_class
+
+                set_hardware_class(self.telemetry, self._profile.hardware_class)
+        return self._profile
+
     def _get_engine(self) -> UpdateEngine:
         if self._engine is None:
-            from agent.daemon.hardware import probe_profile
             from agent.engine import UpdateEngine
             from agent.gate import GateSettings, ProcessGate
             from agent.staging import BaseUrlLocator
 
             c = self.config
-            profile = probe_profile(c.hardware_probe_root)
-            log.info("hardware class %s", profile.hardware_class)
+            profile = self._get_profile()
             (c.engine_root / "gate").mkdir(parents=True, exist_ok=True)
             gate = ProcessGate(GateSettings(timeout_s=c.gate_timeout_s, latency_rounds=c.gate_latency_rounds),
                                work_dir=c.engine_root / "gate", cache_dir=c.engine_root / "engine-cache",
@@ -359,6 +385,19 @@ class Daemon:
         except SlotError as e:
             log.error("current pointer unreadable: %s", e)
             return None
+
+    def _system_sampler(self) -> SystemSampler:
+        if self._system is None:
+            from agent.telemetry import SystemSampler
+
+            self._system = SystemSampler(thermal_root=self.config.hardware_probe_root,
+                                         disk_path=self.config.engine_root)
+        return self._system
+
+    def _mount_metrics(self, app: Any, models: Any, loop: Any) -> None:
+        from agent.daemon.telemetry import mount_metrics
+
+        mount_metrics(app, models, loop, self._system_sampler(), self.telemetry)
 
     def _server_started(self, url: str) -> None:
         self._server_url = url

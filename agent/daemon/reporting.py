@@ -9,10 +9,11 @@ under `EventSink` persists before sending, so a transition reported here survive
 | transition (entered state ← from, on event)   | event kind          | details                         |
 |-----------------------------------------------|---------------------|---------------------------------|
 | VERIFY ← IDLE (assign)                         | assignment_received |                                 |
-| DOWNLOAD ← VERIFY / GATE (ok / next)           | download_started    | candidates, rejected variants   |
+| DOWNLOAD ← VERIFY                              | download_started    | candidates                      |
+| DOWNLOAD ← GATE (next: another candidate left) | download_started    | rejected_candidate, _reasons    |
 | FAILURE ← DOWNLOAD                             | download_failed     |                                 |
 | ACTIVATE ← GATE (ok)                           | gate_passed         | gate figures                    |
-| DOWNLOAD / FAILURE ← GATE (next / fail)        | gate_failed         | gate figures, reasons           |
+| FAILURE ← GATE (fail: no candidate left)       | gate_failed         | gate figures, reasons           |
 | PROBATION ← ACTIVATE (ok)                      | activated           | variant                         |
 | COMMIT ← PROBATION (ok)                        | probation_passed    | live figures                    |
 | ROLLBACK ← PROBATION (fail)                    | probation_failed    | live figures (the evidence)     |
@@ -144,6 +145,7 @@ class MqttReporter:
         self.deployment = Deployment()
         self._probation: dict[str, wire.DetailValue] = {}
         self._reason: str | None = None
+        self.state: str | None = None  # the last state published, for telemetry batches
 
     def begin(self, deployment: Deployment) -> None:
         self.deployment = deployment
@@ -173,6 +175,7 @@ class MqttReporter:
             current = None
             last_error = last_error or f"current pointer unreadable: {e}"
         d = self.deployment
+        self.state = state
         self.sink.publish_status(state, active=active_of(current), assignment_version=d.assignment_version,
                                  rollout_id=d.rollout_id, last_error=_short(last_error))
 
@@ -188,6 +191,12 @@ class MqttReporter:
         if came_from == "GATE":
             if state == "ACTIVATE":
                 return "gate_passed", gate_details(detail)
+            if state == "DOWNLOAD":
+                # Another candidate is left: not a failure of the device. The rejected candidate's
+                # figures stay out of the details, where a rollout would judge them as the device's.
+                figures = gate_details(detail)
+                return "download_started", {"rejected_candidate": figures.get("candidate"),
+                                             "rejected_reasons": figures.get("reasons")}
             return "gate_failed", gate_details(detail)
         if came_from == "ACTIVATE" and state == "PROBATION":
             return "activated", flatten(detail)

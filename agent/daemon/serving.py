@@ -7,17 +7,19 @@ serves no model yet should stay small (a Raspberry Pi runs other things). The fi
 to serve.
 
 `served` is the slot being served, so the daemon can reconcile it with the `current` pointer after
-an update or a crash.
+an update or a crash. The server runs on its own event loop thread (`_ServerThread`); `configure_app`
+may mount extra routes (Prometheus `/metrics`) on the aiohttp application before it starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.slots import ModelRef
 from agent.state.ports import ActiveModel, ProbationResult
@@ -25,7 +27,8 @@ from manifests.assignment import ProbationPolicy
 
 if TYPE_CHECKING:
     from agent.server.activator import ServingActivator
-    from agent.server.background import BackgroundServer
+    from agent.server.http import InferenceServer
+    from agent.server.model_server import ModelServer
     from agent.server.probation import ServerProbation
 
 log = logging.getLogger(__name__)
@@ -43,15 +46,48 @@ class ServingSettings:
     probation_poll_interval_s: float = 1.0
 
 
+class _ServerThread:
+    """The inference server on its own event loop thread; the rest of the agent is threads."""
+
+    def __init__(self, models: ModelServer, http: InferenceServer) -> None:
+        self.models = models
+        self.http = http
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="inference-server", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.http.start(), self.loop).result(timeout_s)
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout_s)
+            raise
+
+    def stop(self, timeout_s: float) -> None:
+        async def stop() -> None:
+            await self.http.stop()  # stops listening, lets in-flight requests finish
+            await self.models.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout_s)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout_s)
+
+
 class LazyServing:
     """Activator + Probation; thread-safe start. `on_started(url)` is called once the server listens."""
 
-    def __init__(self, settings: ServingSettings, on_started: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: ServingSettings, on_started: Callable[[str], None] | None = None,
+                 configure_app: Callable[[Any, Any, asyncio.AbstractEventLoop], None] | None = None) -> None:
         self.settings = settings
         self.on_started = on_started
+        self.configure_app = configure_app  # (aiohttp app, ModelServer, loop), before the server starts
         self.served: ModelRef | None = None
         self._lock = threading.Lock()
-        self._server: BackgroundServer | None = None
+        self._closed = False
+        self._server: _ServerThread | None = None
         self._activator: ServingActivator | None = None
         self._probation: ServerProbation | None = None
 
@@ -60,38 +96,53 @@ class LazyServing:
         return self._server is not None
 
     @property
+    def models(self) -> ModelServer | None:
+        return self._server.models if self._server is not None else None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._server.loop if self._server is not None else None
+
+    @property
     def url(self) -> str | None:
-        return self._server.url if self._server is not None and self.settings.port is not None else None
+        server = self._server
+        return server.http.url if server is not None and server.http.port is not None else None
 
     def _ensure(self) -> tuple[ServingActivator, ServerProbation]:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the inference server is shutting down")
             if self._activator is None or self._probation is None:
                 from agent.runtime import RuntimeOptions
-                from agent.server.activator import ServingActivator
-                from agent.server.background import BackgroundServer
+                from agent.server.activator import LoopBridge, ServingActivator
                 from agent.server.batching import BatchingConfig
-                from agent.server.http import ServerConfig
+                from agent.server.http import InferenceServer, ServerConfig
+                from agent.server.model_server import ModelServer
                 from agent.server.probation import ServerProbation
 
                 s = self.settings
                 batching = BatchingConfig(max_batch_size=s.max_batch_size,
                                           max_queue_delay_s=s.max_queue_delay_ms / 1000.0)
-                server = BackgroundServer(ServerConfig(host=s.host, port=s.port, unix_socket=s.unix_socket,
-                                                       batching=batching)).start()
-                assert server.models is not None
+                config = ServerConfig(host=s.host, port=s.port, unix_socket=s.unix_socket, batching=batching)
+                models = ModelServer(batching, drain_timeout_s=config.drain_timeout_s)
+                server = _ServerThread(models, InferenceServer(models, config))
+                if self.configure_app is not None:
+                    self.configure_app(server.http.app, models, server.loop)
+                server.start()
+                bridge = LoopBridge(server.loop)
                 threads = s.threads
 
                 def options(ref: ModelRef) -> RuntimeOptions:
                     return RuntimeOptions(intra_op_threads=threads, device=ref.device)
 
-                self._activator = ServingActivator(server.bridge, server.models, serve_as=s.serve_as,
-                                                   options_for=options)
-                self._probation = ServerProbation(server.bridge, self._activator,
+                self._activator = ServingActivator(bridge, models, serve_as=s.serve_as, options_for=options)
+                self._probation = ServerProbation(bridge, self._activator,
                                                   poll_interval_s=s.probation_poll_interval_s)
                 self._server = server
-                log.info("inference server listening on %s", server.url)
+                where = str(s.unix_socket) if server.http.port is None else server.http.url
+                log.info("inference server listening on %s", where)
                 if self.on_started is not None:
-                    self.on_started(server.url)
+                    self.on_started(where)
             return self._activator, self._probation
 
     # --- Activator ------------------------------------------------------------------------------
@@ -128,6 +179,7 @@ class LazyServing:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop listening, let in-flight requests finish, release the sessions."""
         with self._lock:
+            self._closed = True
             server, self._server = self._server, None
             self._activator = self._probation = None
         if server is not None:

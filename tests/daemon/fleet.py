@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import wire
+from agent.telemetry import wire as telemetry_wire
 from controller.sample_models import SampleModel
 from manifests import assignment as A
 from manifests import director
@@ -92,6 +93,7 @@ class ControllerSide:
         self.next_version = 1
         self.lock = threading.Lock()
         self.messages: list[tuple[str, wire.Message]] = []
+        self.telemetry: list[telemetry_wire.TelemetryBatch] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"controller-{device_id}")
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe(f"{wire.TOPIC_ROOT}/{device_id}/+", qos=1)
@@ -141,9 +143,20 @@ class ControllerSide:
         channel = message.topic.rsplit("/", 1)[-1]
         if channel == "assignment" or not message.payload:
             return
+        if channel == "telemetry":
+            batch = telemetry_wire.decode(bytes(message.payload))
+            with self.lock:
+                self.telemetry.append(batch)
+            return
         decoded = wire.decode(bytes(message.payload))
         with self.lock:
             self.messages.append((channel, decoded))
+
+    def model_requests(self, version: str) -> int:
+        """Requests of digits `version` counted in the telemetry received so far."""
+        with self.lock:
+            return sum(m.requests for b in self.telemetry for p in b.points for m in p.models
+                       if m.version == version)
 
     def events(self) -> list[wire.Event]:
         with self.lock:
@@ -201,7 +214,8 @@ class AgentProcess:
         self.controller = controller
         self.broker_port = broker_port
         self.options: dict[str, Any] = {"gate_latency_rounds": 40, "probation_poll_interval_s": 0.2,
-                                        "server_threads": 1, **extra}
+                                        "server_threads": 1, "telemetry_sample_every_s": 0.5,
+                                        "telemetry_batch_every_s": 0.5, **extra}
         self.write_config()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -265,6 +279,10 @@ class AgentProcess:
         out = next(o for o in doc["outputs"] if o["name"] == model.output_name)
         scores = np.asarray(out["data"], dtype=np.float64).reshape(out["shape"])
         return scores.argmax(axis=1), str(doc.get("model_version"))
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+            return str(response.read().decode())
 
     def serving(self, model: SampleModel) -> bool:
         try:

@@ -67,6 +67,14 @@ def test_assignment_is_served_garbage_is_refused_and_a_restart_serves_at_once(
     assert (status.active.model, status.active.version, status.active.variant) == ("digits", "1", "ort-fp32.onnx")
     assert status.assignment_version == version and status.rollout_id == "r-test"
 
+    # Telemetry: the requests above reach the broker in sequence-numbered batches and /metrics.
+    for _ in range(4):
+        agent.infer(digits_mlp)
+    wait_for(lambda: controller.model_requests("1") >= 5, 30, "telemetry counting the requests", agent.log)
+    batch = controller.telemetry[-1]
+    assert str(batch.hardware_class).startswith("x86_64") and batch.device_id == controller.device_id
+    assert 'edgefleet_model_requests_total{model="digits",version="1",variant="ort-fp32.onnx"}' in agent.metrics()
+
     controller.publish_raw(b'{"schema": 1, "not": "an envelope"}')
     rejected = wait_for(lambda: controller.event("assignment_rejected"), 30, "the rejection event", agent.log)
     assert rejected.reason == "malformed"

@@ -65,7 +65,7 @@ NOOP = [ev("IDLE", "VERIFY", "assign"), ev("VERIFY", "CLEANUP", "noop", reason="
 @pytest.mark.parametrize("events, kinds, last_error", [
     (SUCCESS, ["assignment_received", "download_started", "gate_passed", "activated", "probation_passed",
                "committed"], None),
-    (GATE_FAILS, ["assignment_received", "download_started", "gate_failed", "gate_failed", "failed"],
+    (GATE_FAILS, ["assignment_received", "download_started", "download_started", "gate_failed", "failed"],
      "gate_failed: fp32"),
     (PROBATION_FAILS, ["assignment_received", "download_started", "gate_passed", "activated", "probation_failed",
                        "rolled_back"], "probation_failed: error_rate"),
@@ -100,6 +100,17 @@ def test_detail_keys_the_controller_reads() -> None:
         assert details[kind]["error_rate"] == pytest.approx(0.02)
         assert details[kind]["latency_p99_ratio"] == pytest.approx(3.0)
         assert details[kind]["agreement"] == 0.9
+
+
+def test_a_rejected_candidate_with_another_left_is_not_a_device_failure() -> None:
+    sink = Sink()
+    reporter = MqttReporter(sink, lambda: REF)
+    reporter.begin(Deployment(7, "r-1", "digits", "2"))
+    for e in GATE_FAILS[:4]:
+        reporter.report(e)
+    kind, _, details = sink.events[-1]
+    assert kind == "download_started" and details["rejected_candidate"] == "models/digits/2/ort-fp32.onnx"
+    assert "accuracy" not in details and "latency_regression" in str(details["rejected_reasons"])
 
 
 def test_failed_event_repeats_the_reason_and_a_broken_pointer_is_reported() -> None:
