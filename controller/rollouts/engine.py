@@ -19,6 +19,7 @@ Ports:
 | RolloutStore | persisted records (`store.py`)                                 |
 | FleetView  | which enrolled devices a selector matches now, online or not     |
 | Assigner   | sign + publish a new assignment naming a release; returns its version |
+| Leases     | optional: which rollouts this replica drives (PostgreSQL advisory locks) |
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class Assigner(Protocol):
         """Return once the broker acknowledged every assignment published so far."""
 
 
+class Leases(Protocol):
+    def holds(self, rollout_id: str) -> bool:
+        """True if this replica may drive the rollout now (e.g. `sql.PgRolloutLeases`)."""
+
+
 class RolloutEngine:
     def __init__(
         self,
@@ -67,12 +73,14 @@ class RolloutEngine:
         assigner: Assigner,
         clock: Callable[[], float] = time.time,
         save_every: int = 200,
+        leases: Leases | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
         self.assigner = assigner
         self.clock = clock
         self.save_every = save_every
+        self.leases = leases
         self._events: queue.SimpleQueue[wire.Event | wire.Status] = queue.SimpleQueue()
         self._lock = threading.RLock()
 
@@ -111,6 +119,8 @@ class RolloutEngine:
         with self._lock:
             self._drain_events()
             for rollout_id in self.store.list_ids(active_only=True):
+                if self.leases is not None and not self.leases.holds(rollout_id):
+                    continue  # another replica drives this one
                 try:
                     self._advance(rollout_id)
                 except StaleRecord:

@@ -24,7 +24,7 @@ from controller.db.models import Device
 from controller.rollouts.assigner import AssignmentPolicies, DirectorAssigner
 from controller.rollouts.engine import RolloutEngine
 from controller.rollouts.plan import DeviceInfo, Selector
-from controller.rollouts.sql import SqlAssignmentLedger, SqlRolloutStore
+from controller.rollouts.sql import PgRolloutLeases, SqlAssignmentLedger, SqlRolloutStore
 from manifests.assignment import ReleaseRef, TargetPin
 
 
@@ -79,7 +79,8 @@ def build_engine(
     bridge = ctx.extras["bridge"]
     assigner = DirectorAssigner(SqlAssignmentLedger(ctx.session_factory), signers, bridge, targets_for,
                                 policies_for=policies_for, director_roots=director_roots)
-    engine = RolloutEngine(SqlRolloutStore(ctx.session_factory), DatabaseFleetView(ctx.session_factory), assigner)
+    engine = RolloutEngine(SqlRolloutStore(ctx.session_factory), DatabaseFleetView(ctx.session_factory), assigner,
+                           leases=PgRolloutLeases(ctx.engine))
     bridge.sink = EngineTee(bridge.sink, engine)
     ctx.extras["rollout_engine"] = engine
     ctx.extras["assigner"] = assigner

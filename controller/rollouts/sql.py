@@ -11,11 +11,14 @@ Same contracts as the file implementations (`store.FileRolloutStore`, `assigner.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import threading
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.rollouts.assigner import LedgerEntry
@@ -118,6 +121,53 @@ class SqlAssignmentLedger:
                 session.commit()
             except IntegrityError as e:  # a concurrent first assignment for the same device
                 raise RolloutError(f"concurrent assignment for {device_id}: {e}") from e
+
+
+class PgRolloutLeases:
+    """One replica drives each rollout: a PostgreSQL session-level advisory lock per rollout id.
+
+    `holds(rollout_id)` takes the lock the first time it is free and keeps it on one dedicated
+    connection, so the same replica keeps driving that rollout; if the replica dies its connection
+    closes, the lock goes with it and another replica's next step takes over. Without the lock a
+    second replica would still be safe (revisions are compare-and-set, the ledger only moves forward),
+    only wasteful. On SQLite (one process) every rollout is held.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def holds(self, rollout_id: str) -> bool:
+        if self._engine.dialect.name != "postgresql":
+            return True
+        with self._lock:
+            if rollout_id in self._held:
+                return True
+            try:
+                if self._connection is None or self._connection.closed:
+                    self._connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                    self._held.clear()
+                key = int.from_bytes(hashlib.sha256(f"edgefleet-rollout:{rollout_id}".encode()).digest()[:8],
+                                     "big", signed=True)
+                got = bool(self._connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            except DBAPIError:
+                self.close()  # a broken connection lost every lock it held
+                return False
+            if got:
+                self._held.add(rollout_id)
+            return got
+
+    def close(self) -> None:
+        """Give every lock back (a pooled connection would otherwise keep them)."""
+        if self._connection is not None:
+            with contextlib.suppress(DBAPIError):
+                self._connection.execute(text("SELECT pg_advisory_unlock_all()"))
+            with contextlib.suppress(DBAPIError):
+                self._connection.close()
+        self._connection = None
+        self._held.clear()
 
 
 def _with_revision(record: RolloutRecord, revision: int) -> RolloutRecord:

@@ -175,3 +175,20 @@ def test_duplicates_unknown_ids_and_roles(api: Any) -> None:
     assert client.get("/api/v1/rollouts/nope", headers=_auth(tokens, "viewer")).status_code == 404
     assert client.post("/api/v1/rollouts/digits-2/explode", headers=_auth(tokens, "operator")).status_code == 422
     assert client.get("/api/v1/rollouts").status_code == 401
+
+
+def test_one_replica_drives_each_rollout(db_url: str, sessions: Any) -> None:
+    from controller.rollouts.sql import PgRolloutLeases
+
+    first, second = PgRolloutLeases(make_engine(db_url)), PgRolloutLeases(make_engine(db_url))
+    try:
+        assert first.holds("r1") and first.holds("r1")
+        if db_url.startswith("sqlite"):
+            assert second.holds("r1")  # one process: no contention to arbitrate
+            return
+        assert not second.holds("r1") and second.holds("r2")
+        first.close()  # the replica dies: its locks go with its connection
+        assert second.holds("r1")
+    finally:
+        first.close()
+        second.close()
