@@ -202,8 +202,9 @@ def measure(request: GateRequest) -> GateReport:
     figures = _with_latency(figures, cand_lat)
     if current is not None and current_figures is not None and cur_lat:
         current_figures = _with_latency(current_figures, cur_lat)
+    paired = float(np.median(np.asarray(cand_lat) / np.asarray(cur_lat))) if cur_lat else None
     return replace(report, measured=figures, current=current_figures, agreement_with_current=agreement_with_current,
-                   latency_rounds=rounds, duration_s=time.perf_counter() - started)
+                   latency_rounds=rounds, paired_latency_ratio=paired, duration_s=time.perf_counter() - started)
 
 
 def _one_input(session: Session, golden: Golden, i: int) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ did not load has no latency, and fails on `load_failed`, not on latency).
 
 Latency noise: on shared CPUs p50 varies up to 1.7x between runs. The gate measures candidate and
 current model interleaved (A, B, B, A, ...) on the same inputs in the same process, judges the
-regression on the ratio of those p50s, and ignores differences below an absolute noise floor, so
+regression on the median of the per-round time ratios, and ignores differences below an absolute noise floor, so
 default policies do not flap on noise while a 10x slower model still fails.
 """
 
@@ -49,6 +49,9 @@ class GateReport:
     current: ModelFigures | None = None
     agreement_with_current: float | None = None
     latency_rounds: int = 0
+    # median over rounds of (candidate time / current time) in the same round: load that comes and goes
+    # hits both halves of a pair, so this is far steadier than a ratio of separately taken p50s
+    paired_latency_ratio: float | None = None
     duration_s: float = 0.0
     error: str | None = None  # "crashed: ..." / "timeout: ..." when the child did not report
 
@@ -67,6 +70,7 @@ class GateReport:
             current=ModelFigures(**current) if current is not None else None,
             agreement_with_current=doc.get("agreement_with_current"),
             latency_rounds=int(doc.get("latency_rounds", 0)),
+            paired_latency_ratio=doc.get("paired_latency_ratio"),
             duration_s=float(doc.get("duration_s", 0.0)),
             error=doc.get("error"),
         )
@@ -119,14 +123,17 @@ def judge(report: GateReport, policy: GatePolicy, settings: GateSettings) -> Ver
             and cur.latency_p50_ms is not None and m.latency_p50_ms is not None
             and ratio > policy.max_latency_regression_ratio
             and m.latency_p50_ms - cur.latency_p50_ms > settings.latency_noise_floor_ms):
-        reasons.append(f"latency_regression: p50 {m.latency_p50_ms:.3f} ms is {ratio:.2f}x the current "
-                       f"{cur.latency_p50_ms:.3f} ms (max {policy.max_latency_regression_ratio}x)")
+        reasons.append(f"latency_regression: {ratio:.2f}x the current model (p50 {m.latency_p50_ms:.3f} ms vs "
+                       f"{cur.latency_p50_ms:.3f} ms; max {policy.max_latency_regression_ratio}x)")
     if policy.max_memory_mb is not None and (m.peak_rss_mb is None or m.peak_rss_mb > policy.max_memory_mb):
         reasons.append(f"memory_over_budget: {_fmt(m.peak_rss_mb)} MB > {policy.max_memory_mb} MB")
     return Verdict(not reasons, tuple(reasons))
 
 
 def regression_ratio(report: GateReport) -> float | None:
+    """Candidate vs current latency: the paired per-round ratio when measured, else the p50 ratio."""
+    if report.paired_latency_ratio is not None:
+        return report.paired_latency_ratio
     cur = report.current
     m = report.measured
     if cur is None or not cur.latency_p50_ms or m.latency_p50_ms is None:

@@ -116,7 +116,10 @@ def test_verdict_is_a_pure_function_of_report_and_policy() -> None:
     # 1.7x on a 10 microsecond model is below the noise floor; on a 5 ms model it is a regression
     assert judge(_report(0.017, 0.010), policy, settings).passed
     slow = judge(_report(8.5, 5.0), policy, settings)
-    assert not slow.passed and slow.reasons[0].startswith("latency_regression: p50 8.500 ms is 1.70x")
+    assert not slow.passed and slow.reasons[0].startswith("latency_regression: 1.70x the current model (p50 8.500 ms")
+    # the paired per-round ratio, when measured, is what counts: both halves of a round saw the same load
+    assert judge(dataclasses.replace(_report(8.5, 5.0), paired_latency_ratio=1.1), policy, settings).passed
+    assert not judge(dataclasses.replace(_report(5.5, 5.0), paired_latency_ratio=1.6), policy, settings).passed
     assert judge(_report(7.0, 5.0), policy, settings).passed
     assert judge(_report(8.5, 5.0), dataclasses.replace(policy, max_latency_regression_ratio=None), settings).passed
     worse = judge(_report(5.0, 5.0, accuracy=0.90), policy, settings)
