@@ -39,11 +39,11 @@ from agent.daemon.serving import LazyServing, ServingSettings
 from agent.mqtt import AgentSession, Outbox, SessionConfig
 from agent.slots import FileSlotStore, ModelRef, SlotError
 from agent.state import Journal, JournalError, JournalFile, State, write_atomic
-from agent.state.ports import ActiveModel
 
 if TYPE_CHECKING:
     from agent.engine import UpdateEngine
     from agent.hardware.profile import HardwareProfile
+    from agent.state.ports import ActiveModel
     from agent.telemetry import SystemSampler, TelemetryLoop
     from manifests.client import TrustClient
     from manifests.verify import VerifiedPlan
@@ -203,7 +203,7 @@ class Daemon:
         if ref is None:
             return None
         try:
-            self.serving.restore(ActiveModel(ref, self.slots.path(ref)))
+            self.serving.restore(self._active(ref))
         except Exception as e:  # a model that no longer loads must not stop the agent taking a new one
             log.exception("cannot serve the committed model %s", ref.sha256)
             return f"restore_failed: {type(e).__name__}: {e}"
@@ -314,7 +314,7 @@ class Daemon:
         if current is None or (served is not None and served.sha256 == current.sha256):
             return
         try:
-            self.serving.restore(ActiveModel(current, self.slots.path(current)))
+            self.serving.restore(self._active(current))
         except Exception as e:
             log.exception("cannot serve %s", current.sha256)
             if self.reporter is not None:
@@ -378,6 +378,11 @@ class Daemon:
         return self._trust
 
     # --- small helpers --------------------------------------------------------------------------
+
+    def _active(self, ref: ModelRef) -> ActiveModel:
+        from agent.state.ports import ActiveModel
+
+        return ActiveModel(ref, self.slots.path(ref))
 
     def _current(self) -> ModelRef | None:
         try:

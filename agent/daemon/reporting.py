@@ -30,11 +30,13 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import wire
 from agent.slots import ModelRef
-from agent.state.ports import UpdateEvent
+
+if TYPE_CHECKING:  # agent.state.ports pulls in the stager and python-tuf; an idle agent does without
+    from agent.state.ports import UpdateEvent
 
 log = logging.getLogger(__name__)
 MAX_DETAIL_ITEMS = wire.MAX_DETAILS_ITEMS

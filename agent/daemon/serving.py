@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.slots import ModelRef
-from agent.state.ports import ActiveModel, ProbationResult
-from manifests.assignment import ProbationPolicy
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: agent.state.ports pulls in the stager and python-tuf
     from agent.server.activator import ServingActivator
     from agent.server.http import InferenceServer
     from agent.server.model_server import ModelServer
     from agent.server.probation import ServerProbation
+    from agent.state.ports import ActiveModel, ProbationResult
+    from manifests.assignment import ProbationPolicy
 
 log = logging.getLogger(__name__)
 

@@ -280,6 +280,12 @@ class AgentProcess:
         scores = np.asarray(out["data"], dtype=np.float64).reshape(out["shape"])
         return scores.argmax(axis=1), str(doc.get("model_version"))
 
+    def mapped_libraries(self, packages: Sequence[str]) -> set[str]:
+        """Which of `packages` have a shared library mapped into the agent process (i.e. were imported)."""
+        assert self.proc is not None
+        maps = Path(f"/proc/{self.proc.pid}/maps").read_text()
+        return {p for p in packages if f"/site-packages/{p}/" in maps or f"/site-packages/{p}.libs/" in maps}
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
             return str(response.read().decode())

@@ -19,6 +19,7 @@ from controller.sample_models import SampleModel
 from tests.agent.trees import raspberry_pi_5
 from tests.daemon.fleet import AgentProcess, ControllerSide, wait_for
 
+HEAVY = ("numpy", "onnxruntime", "openvino", "aiohttp")
 UPDATE = ["assignment_received", "download_started", "gate_passed", "activated", "probation_passed", "committed"]
 
 
@@ -52,6 +53,7 @@ def test_assignment_is_served_garbage_is_refused_and_a_restart_serves_at_once(
     status = wait_for(controller.last_status, 10, "a first status")
     assert status.active is None and status.state == "idle"
     assert not agent.serving(digits_mlp)  # nothing to serve yet: the endpoint opens with the first model
+    assert agent.mapped_libraries(HEAVY) == set()  # idle: no numpy, runtime or HTTP server loaded
 
     version = controller.assign(controller.publish_release(digits_mlp, "1", 1))
     assert outcome(controller, agent, version) == "committed", controller.event_kinds()
@@ -59,6 +61,7 @@ def test_assignment_is_served_garbage_is_refused_and_a_restart_serves_at_once(
     gate = controller.event("gate_passed", version)
     assert gate is not None and isinstance(gate.details["accuracy"], float) and gate.details["accuracy"] > 0.9
     assert gate.details["candidate"] == "models/digits/1/ort-fp32.onnx"
+    assert {"numpy", "onnxruntime"} <= agent.mapped_libraries(HEAVY)  # now there is a model to serve
     top1, served_version = agent.infer(digits_mlp)
     assert served_version == "1"
     assert (top1 == digits_mlp.golden.reference_outputs[:16].argmax(axis=1)).all()
