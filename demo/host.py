@@ -46,6 +46,7 @@ class ControllerHost:
     broker_port: int = 0
     gate: A.GatePolicy = field(default_factory=A.GatePolicy)
     probation: A.ProbationPolicy = field(default_factory=A.ProbationPolicy)
+    variants: tuple[str, ...] = ()  # empty: every variant the build pipeline knows
 
     def __post_init__(self) -> None:
         self.api_port = self.api_port or free_port()
@@ -73,7 +74,7 @@ class ControllerHost:
             mqtt_host="127.0.0.1", mqtt_port=self.broker_port, mqtt_bridge=True,
             mqtt_bridge_username=BRIDGE_USER, mqtt_bridge_password=bridge_password,
         )
-        self.app = create_app(settings)
+        self.app = create_app(settings, build_fn=self._build_fn())
         authority = DatabaseAuthority(self.ctx.session_factory, {BRIDGE_USER: bridge_password})
         self.broker = EmbeddedBroker("127.0.0.1", self.broker_port, authority)
         self.broker.start()
@@ -95,6 +96,20 @@ class ControllerHost:
         bridge = self.ctx.extras["bridge"]
         if not bridge.connected.wait(START_TIMEOUT_S):
             raise RuntimeError("the controller's MQTT bridge did not connect to the embedded broker")
+
+    def _build_fn(self) -> Any:
+        if not self.variants:
+            return None
+        import dataclasses
+
+        from controller.build import build_variants
+
+        variants = self.variants
+
+        def build_only(*args: Any, options: Any = None, **kwargs: Any) -> Any:
+            return build_variants(*args, options=dataclasses.replace(options, variants=variants), **kwargs)
+
+        return build_only
 
     def _start_telemetry(self, bridge_password: str) -> None:
         """Telemetry ingest, unless the app already runs it (amqtt has no shared subscriptions)."""

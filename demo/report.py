@@ -1,0 +1,77 @@
+"""The demo's closing summary: per device, what it runs and why, how fast, and what happened last.
+
+Figures come from what the devices reported to the controller (status, gate reports, lifecycle
+events) and from the demo's own clients of each device's inference endpoint; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from controller.db.models import Device, DeviceEvent
+from demo.scenario import Scenario
+
+
+def _events(session: Any, device_id: str, limit: int = 200) -> list[DeviceEvent]:
+    return list(session.scalars(select(DeviceEvent).where(DeviceEvent.device_id == device_id)
+                                .order_by(DeviceEvent.id.desc()).limit(limit)))
+
+
+def _details(e: DeviceEvent) -> dict[str, Any]:
+    detail = e.detail if isinstance(e.detail, dict) else {}
+    inner = detail.get("details")
+    return inner if isinstance(inner, dict) else {}
+
+
+def _why(events: list[DeviceEvent], version: str | None) -> tuple[str, str]:
+    """(why this variant, gate p50/p95) from the newest passed gate of the running version."""
+    for e in events:
+        detail = e.detail if isinstance(e.detail, dict) else {}
+        if e.kind != "gate_passed" or str(detail.get("version")) != str(version):
+            continue
+        d = _details(e)
+        failed_before = [_details(x).get("candidate") for x in events
+                         if x.kind == "gate_failed" and x.id < e.id and str((x.detail or {}).get("version")) == str(version)
+                         and (x.detail or {}).get("assignment_version") == detail.get("assignment_version")]
+        why = (f"{d.get('runtime')}/{d.get('precision')} ranked first for this board"
+               if not failed_before else f"after {', '.join(str(c) for c in failed_before)} failed the gate")
+        accuracy = d.get("accuracy")
+        if isinstance(accuracy, (int, float)):
+            why += f"; gate accuracy {accuracy:.3f}"
+        p50, p95 = d.get("latency_p50_ms"), d.get("latency_p95_ms")
+        gate = f"{p50:.3f} / {p95:.3f}" if isinstance(p50, (int, float)) and isinstance(p95, (int, float)) else "—"
+        return why, gate
+    return "—", "—"
+
+
+def print_summary(scenario: Scenario, console: Console) -> None:
+    table = Table(title="edgefleet demo: the fleet at the end", show_lines=True)
+    for column in ("device", "hardware class", "runs", "variant and why", "gate p50 / p95 ms",
+                   "client p50 / p95 ms", "last events"):
+        table.add_column(column, overflow="fold")
+    with scenario.host.ctx.session_factory() as session:
+        for row in session.scalars(select(Device).order_by(Device.id)):
+            events = _events(session, row.id)
+            why, gate = _why(events, row.current_version)
+            demo_device = next((d for d in scenario.devices if d.device_id == row.id), None)
+            client = demo_device.traffic.percentiles(row.current_version or "") if demo_device else None
+            lifecycle = [e for e in events if e.kind not in ("status", "online", "offline")][:4]
+            last = "\n".join(f"{e.kind} v{(e.detail or {}).get('version')}" for e in reversed(lifecycle))
+            table.add_row(
+                row.id, row.hardware_class,
+                f"{row.current_model or '—'} v{row.current_version or '—'}" + ("" if row.online else " (offline)"),
+                f"{row.current_variant or '—'}\n{why}", gate,
+                f"{client[0]:.2f} / {client[1]:.2f}" if client else "—", last or "—",
+            )
+    console.print(table)
+    steps = Table(title="scenario checks")
+    for column in ("#", "step", "result", "s", "detail"):
+        steps.add_column(column, overflow="fold")
+    for r in scenario.results:
+        steps.add_row(str(r.number), r.title, "[green]ok[/green]" if r.ok else "[red]FAILED[/red]",
+                      f"{r.seconds:.1f}", r.detail)
+    console.print(steps)
