@@ -45,7 +45,7 @@ def run(devices: int, state_dir: Path, keep_running: bool = False, timeout_s: fl
     from demo.scenario import Scenario
     from manifests.assignment import GatePolicy, ProbationPolicy
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     if devices < 3:
         console.print("[red]error:[/red] --devices must be at least 3 (one per board type)")
         return 2

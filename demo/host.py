@@ -55,7 +55,6 @@ class ControllerHost:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.broker: EmbeddedBroker | None = None
-        self.telemetry: Any = None
         self.app: Any = None
         self.admin_token = ""
         self._stop = threading.Event()
@@ -73,8 +72,9 @@ class ControllerHost:
             state_dir=controller_dir, public_url=self.url, host="127.0.0.1", port=self.api_port,
             mqtt_host="127.0.0.1", mqtt_port=self.broker_port, mqtt_bridge=True,
             mqtt_bridge_username=BRIDGE_USER, mqtt_bridge_password=bridge_password,
+            **({"build_variants": self.variants} if self.variants else {}),
         )
-        self.app = create_app(settings, build_fn=self._build_fn())
+        self.app = create_app(settings)
         authority = DatabaseAuthority(self.ctx.session_factory, {BRIDGE_USER: bridge_password})
         self.broker = EmbeddedBroker("127.0.0.1", self.broker_port, authority)
         self.broker.start()
@@ -97,45 +97,11 @@ class ControllerHost:
         if not bridge.connected.wait(START_TIMEOUT_S):
             raise RuntimeError("the controller's MQTT bridge did not connect to the embedded broker")
 
-    def _build_fn(self) -> Any:
-        if not self.variants:
-            return None
-        import dataclasses
-
-        from controller.build import build_variants
-
-        variants = self.variants
-
-        def build_only(*args: Any, options: Any = None, **kwargs: Any) -> Any:
-            return build_variants(*args, options=dataclasses.replace(options, variants=variants), **kwargs)
-
-        return build_only
-
-    def _start_telemetry(self, bridge_password: str) -> None:
-        """Telemetry ingest, unless the app already runs it (amqtt has no shared subscriptions)."""
-        if any(k in self.ctx.extras for k in ("telemetry", "telemetry_service")):
-            return
-        try:
-            from controller.telemetry.ingest import IngestConfig
-            from controller.telemetry.service import TelemetryService
-        except ImportError:
-            return
-        config = IngestConfig(host="127.0.0.1", port=self.broker_port, username=BRIDGE_USER,
-                              password=bridge_password, client_id="edgefleet-demo-telemetry", share_group=None)
-        self.telemetry = TelemetryService(self.ctx.session_factory, config)
-        try:
-            self.telemetry.start()
-        except Exception as e:  # noqa: BLE001 - the demo goes on without fleet latency figures
-            log.warning("telemetry ingest did not start: %s", e)
-            self.telemetry = None
-
     def client(self) -> ApiClient:
         return ApiClient(ClientConfig(url=self.url, token=self.admin_token), timeout_s=120.0)
 
     def stop(self) -> None:
         self._stop.set()
-        if self.telemetry is not None:
-            self.telemetry.stop()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

@@ -115,6 +115,11 @@ class Scenario:
         self.rollouts[rollout_id] = version
         return self.host.engine.create(rollout_id, spec, actor="demo")
 
+    @staticmethod
+    def _failures(record: RolloutRecord) -> str:
+        failed = [f"{d}: {p.reason or p.state.value}" for d, p in sorted(record.devices.items()) if p.state.failure]
+        return ("; failed devices: " + " | ".join(f[:300] for f in failed)) if failed else ""
+
     def _until_settled(self, rollout_id: str) -> RolloutRecord:
         def settled() -> RolloutRecord | None:
             record = self.host.engine.store.load(rollout_id)
@@ -166,7 +171,7 @@ class Scenario:
         self._rollout("r-v1", "1", Selector(tags=frozenset({"demo"})), [WaveSpec(percent=100, soak_s=1)])
         record = self._until_settled("r-v1")
         if record.state != RolloutState.COMPLETED:
-            raise StepFailed(f"r-v1 ended {record.state.value}: {record.reason}")
+            raise StepFailed(f"r-v1 ended {record.state.value}: {record.reason}{self._failures(record)}")
         versions = self.versions()
         if set(versions.values()) != {"1"}:
             raise StepFailed(f"expected every device on v1, found {versions}")
@@ -181,7 +186,7 @@ class Scenario:
                       [WaveSpec(count=1, soak_s=2), WaveSpec(percent=50, soak_s=2), WaveSpec(percent=100, soak_s=1)])
         record = self._until_settled("r-v2")
         if record.state != RolloutState.COMPLETED:
-            raise StepFailed(f"r-v2 ended {record.state.value}: {record.reason}")
+            raise StepFailed(f"r-v2 ended {record.state.value}: {record.reason}{self._failures(record)}")
         sizes = [len(record.wave_devices(i)) for i in range(len(record.spec.waves))]
         starts = [t for t in record.history if t.to_state == RolloutState.RUNNING]
         versions = self.versions()
@@ -231,7 +236,7 @@ class Scenario:
                       [WaveSpec(percent=100, soak_s=1)])
         record = self._until_settled("r-rollback-pi")
         if record.state != RolloutState.COMPLETED:
-            raise StepFailed(f"r-rollback-pi ended {record.state.value}: {record.reason}")
+            raise StepFailed(f"r-rollback-pi ended {record.state.value}: {record.reason}{self._failures(record)}")
         versions = self.versions()
         expected = {d: ("1" if row.hardware_class == pi_class else "2") for d, row in rows.items()}
         if versions != expected:
