@@ -27,9 +27,11 @@ from rich.table import Table
 
 from controller.api_client import ApiClient, ApiClientError, ClientConfig
 from controller.keys_cli import app as keys_app
+from controller.samples_cli import app as samples_app
 
 app = typer.Typer(help="edgefleet operator CLI", no_args_is_help=True)
 app.add_typer(keys_app, name="keys", help="Create and rotate the trust-chain signing keys.")
+app.add_typer(samples_app, name="samples", help="Samples captured on devices: list, export a dataset.")
 controller_app = typer.Typer(help="Run the controller (on the controller host).", no_args_is_help=True)
 tokens_app = typer.Typer(
     help="Operator API tokens (on the controller host: writes the database).", no_args_is_help=True
