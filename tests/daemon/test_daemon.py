@@ -148,3 +148,18 @@ def test_kill_during_probation_rolls_back_and_a_bad_model_fails_the_gate(
                       and s, 10, "status after the refused release")
     assert status.active is not None and status.active.version == "1"
     assert status.last_error is not None and status.last_error.startswith("gate_failed")
+
+    # SIGTERM in the middle of probation: the agent exits cleanly after its grace period without
+    # failing the update itself; the next start rolls v4 back from the journal and serves v1.
+    agent.write_config(shutdown_grace_s=0.5)
+    agent.terminate()
+    agent.start()
+    v4 = controller.assign(controller.publish_release(digits_mlp, "4", 4), probation_window_s=120)
+    wait_for(lambda: controller.event("activated", v4), 120, "v4 activated", agent.log)
+    assert agent.terminate() == 0
+    assert "the journal resumes it on restart" in agent.log()
+    assert "probation_failed" not in controller.event_kinds(v4)
+    agent.start()
+    assert outcome(controller, agent, v4) == "rolled_back"
+    wait_for(lambda: agent.serving(digits_mlp), 30, "serving after the restart", agent.log)
+    assert agent.infer(digits_mlp)[1] == "1"
