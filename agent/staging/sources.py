@@ -44,7 +44,8 @@ class FetchStream(Protocol):
     start: int
     announced_length: int | None  # bytes the source says it will send from `start`, if it says
 
-    def readinto(self, buffer: memoryview) -> int: ...
+    def read(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes` — what one receive brings, never waiting to fill the whole amount."""
 
     def close(self) -> None: ...
 
@@ -59,17 +60,14 @@ class _Stream:
         self.start = start
         self.announced_length = announced_length
 
-    def readinto(self, buffer: memoryview) -> int:
+    def read(self, max_bytes: int) -> bytes:
         try:
             if isinstance(self.body, http.client.HTTPResponse):
-                # read1: return what one receive brings. readinto would block until the whole buffer
-                # is full, so a server trickling one byte at a time would never let the stager check
+                # read1: return what one receive brings. A full read would block until `max_bytes`
+                # arrived, so a server trickling one byte at a time would never let the stager check
                 # its deadline or minimum speed.
-                data = self.body.read1(len(buffer))
-                n = len(data)
-                buffer[:n] = data
-                return n
-            return self.body.readinto(buffer) or 0
+                return self.body.read1(max_bytes)
+            return self.body.read(max_bytes) or b""
         except (OSError, http.client.HTTPException) as e:
             raise TransferError(f"connection broke while reading: {e}") from e
 

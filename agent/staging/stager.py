@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class StagingConfig:
     chunk_bytes: int = 1 << 20
-    buffers: int = 8
+    buffers: int = 8  # chunks in flight between the reading and the writing thread
     deadline_s: float = 3600.0
     min_speed_bytes_per_s: float = 16 * 1024
     min_speed_grace_s: float = 10.0
@@ -212,29 +212,28 @@ class Stager:
 
     def _pump(self, target: SignedTarget, src: FetchStream, out: io.FileIO, hasher: hashlib._Hash,
               offset: int, deadline: float, progress: ProgressHook | None) -> int:
-        """Read → hash on this thread, write on a worker thread, through a small pool of buffers."""
+        """Read → hash on this thread, write on a worker thread; a bounded queue of chunks between them.
+
+        Each chunk is the bytes object the source returned: hashed and written without another copy.
+        """
         cfg = self.config
-        free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(cfg.buffers):
-            free.put(bytearray(cfg.chunk_bytes))
-        work: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        work: queue.Queue[bytes | None] = queue.Queue(maxsize=cfg.buffers)
         failure: list[BaseException] = []
 
         def writer() -> None:
             while True:
-                item = work.get()
-                if item is None:
+                chunk = work.get()
+                if chunk is None:
                     return
-                buf, n = item
-                if not failure:
-                    try:
-                        view = memoryview(buf)[:n]
-                        while view:
-                            written = out.write(view)
-                            view = view[written:]
-                    except BaseException as e:  # handed to the reading thread, which raises it
-                        failure.append(e)
-                free.put(buf)
+                if failure:
+                    continue
+                try:
+                    view = memoryview(chunk)
+                    while view:
+                        written = out.write(view)
+                        view = view[written:]
+                except BaseException as e:  # handed to the reading thread, which raises it
+                    failure.append(e)
 
         thread = threading.Thread(target=writer, name="stager-writer", daemon=True)
         thread.start()
@@ -242,26 +241,21 @@ class Stager:
         received = 0
         started = self.monotonic()
         try:
-            while True:
-                if failure:
-                    break
-                buf = free.get()
+            while not failure:
                 # Never ask for more than one byte past the signed length: endless data stops here.
                 want = min(cfg.chunk_bytes, target.length - position + 1)
                 try:
-                    n = src.readinto(memoryview(buf)[:want])
+                    chunk = src.read(want)
                 except TransferError as e:
-                    free.put(buf)
                     e.bytes_received = received
                     raise
+                n = len(chunk)
                 if n == 0:
-                    free.put(buf)
                     break
                 if position + n > target.length:
-                    free.put(buf)
                     raise IntegrityError(f"{target.name}: source sent more than the signed {target.length} bytes")
-                hasher.update(memoryview(buf)[:n])
-                work.put((buf, n))
+                hasher.update(chunk)
+                work.put(chunk)
                 position += n
                 received += n
                 now = self.monotonic()
