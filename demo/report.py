@@ -27,24 +27,34 @@ def _details(e: DeviceEvent) -> dict[str, Any]:
     return inner if isinstance(inner, dict) else {}
 
 
+def _short(target: object) -> str:
+    return str(target).rsplit("/", 1)[-1]
+
+
 def _why(events: list[DeviceEvent], version: str | None) -> tuple[str, str]:
-    """(why this variant, gate p50/p95) from the newest passed gate of the running version."""
+    """(why this variant, gate p50/p95) from the running version's passed gate and the candidates before it."""
     for e in events:
         detail = e.detail if isinstance(e.detail, dict) else {}
         if e.kind != "gate_passed" or str(detail.get("version")) != str(version):
             continue
         d = _details(e)
-        failed_before = [_details(x).get("candidate") for x in events
-                         if x.kind == "gate_failed" and x.id < e.id and str((x.detail or {}).get("version")) == str(version)
-                         and (x.detail or {}).get("assignment_version") == detail.get("assignment_version")]
-        why = (f"{d.get('runtime')}/{d.get('precision')} ranked first for this board"
-               if not failed_before else f"after {', '.join(str(c) for c in failed_before)} failed the gate")
-        accuracy = d.get("accuracy")
+        same = [x for x in events if x.id < e.id and (x.detail or {}).get("assignment_version")
+                == detail.get("assignment_version")]
+        ranked = next((_details(x).get("candidates") for x in same if _details(x).get("candidates")), "")
+        rejected = [f"{_short(_details(x).get('rejected_candidate'))} refused "
+                    f"({str(_details(x).get('rejected_reasons') or '').split(':', 1)[0]})"
+                    for x in reversed(same) if _details(x).get("rejected_candidate")]
+        parts = []
+        if ranked:
+            parts.append("ranked " + " > ".join(_short(c.strip()) for c in str(ranked).split(";")))
+        parts.extend(rejected)
+        accuracy, agreement = d.get("accuracy"), d.get("agreement")
         if isinstance(accuracy, (int, float)):
-            why += f"; gate accuracy {accuracy:.3f}"
+            parts.append(f"gate passed: accuracy {accuracy:.3f}"
+                         + (f", agreement {agreement:.3f}" if isinstance(agreement, (int, float)) else ""))
         p50, p95 = d.get("latency_p50_ms"), d.get("latency_p95_ms")
         gate = f"{p50:.3f} / {p95:.3f}" if isinstance(p50, (int, float)) and isinstance(p95, (int, float)) else "—"
-        return why, gate
+        return "; ".join(parts) or "—", gate
     return "—", "—"
 
 

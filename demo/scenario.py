@@ -221,7 +221,7 @@ class Scenario:
             problems.append(f"the canary answers with version {served}, expected 2")
         if problems:
             raise StepFailed("; ".join(problems))
-        return f"canary {canary} refused v3 ({canary_progress.reason}); rollout halted: {record.reason}"
+        return f"canary {canary} refused v3 ({(canary_progress.reason or '')[:160]}); rollout halted: {record.reason}"
 
     def abort_v3(self) -> str:
         record = self.host.engine.command("r-v3", "abort", "demo", "v3 fails its gate on the canary")
