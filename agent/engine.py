@@ -431,8 +431,7 @@ class UpdateEngine:
         if self._journal.flags.committed or self._journal.flags.rolled_back or not self._journal.flags.activated:
             self.slots.set_previous(None)
         keep = {r.sha256 for r in (current, self.slots.previous()) if r is not None}
-        if isinstance(self.slots, FileSlotStore):
-            for sha in self.slots.slots():
-                if sha not in keep:
-                    self.slots.discard(sha)
+        for sha in self.slots.slots():
+            if sha not in keep:
+                self.slots.discard(sha)
         return _Step(Event.OK, None, detail={"status": final_status(self._journal.flags).value})
