@@ -7,7 +7,8 @@
       ├── model registry + background build worker         started/stopped with the app
       ├── image repository refresher (snapshot/timestamp)  started/stopped with the app
       ├── MQTT bridge → device registry (optional)         connects in the background, retrying
-      └── routers: /healthz, /api/v1/{tokens,enrollment-tokens,enroll,devices,models,repository,ca,broker}
+      ├── rollout engine (with the bridge and a director key) signed assignments out, outcomes in
+      └── routers: /healthz, /api/v1/{tokens,enrollment-tokens,enroll,devices,models,repository,ca,broker,rollouts,…}
 
 Nothing here runs at import time: tests build as many apps as they like, each with its own settings.
 """
@@ -43,7 +44,13 @@ from controller.enrollment.trust import TrustRoots
 from controller.mqtt.bridge import BridgeConfig, MqttBridge
 from controller.registry.repository import RepositoryPublisher, default_publisher, default_trust_roots
 from controller.registry.service import BuildFn, ModelRegistry
+from controller.rollouts import api as rollouts_api
+from controller.rollouts.service import attach_to_app as attach_rollouts
 from controller.samples import api as samples_api
+from controller.security.audit import AuditMiddleware, install_audit_file
+from controller.security.device_auth import device_router
+from controller.security.redact import install_redaction
+from controller.security.startup import run_startup_checks
 from controller.settings import Settings
 from controller.telemetry import api as telemetry_api
 from controller.telemetry import prometheus as telemetry_metrics
@@ -120,6 +127,8 @@ def create_app(
         trust_roots=trust_roots if trust_roots is not None else default_trust_roots(settings, store),
         registry=registry,
     )
+    # Refuse to run with readable key files, or with default secrets outside development mode.
+    run_startup_checks(settings)
 
     background: list[Any] = [registry]
     if isinstance(registry.publisher, RepositoryPublisher):
@@ -139,9 +148,15 @@ def create_app(
         background.append(BackgroundStart(bridge, what="MQTT bridge"))
         ctx.extras["telemetry"] = telemetry_service(settings, session_factory)
         background.append(BackgroundStart(ctx.extras["telemetry"], what="telemetry ingest"))
+        rollout_runner = attach_rollouts(ctx, settings.resolved_keys_dir)
+        if rollout_runner is not None:
+            background.append(rollout_runner)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        install_redaction()  # here, after the server has set up its log handlers
+        if settings.audit_log_file is not None:
+            install_audit_file(settings.audit_log_file)
         if settings.migrate_on_start:
             db_migrate.upgrade(engine)
         for service in background:
@@ -174,6 +189,7 @@ def create_app(
             "/api/v1/repository/targets": repository.MAX_SIGNED_TARGETS_BYTES,
         },
     )
+    app.add_middleware(AuditMiddleware)
     for router in (
         health.router,
         tokens.router,
@@ -186,6 +202,8 @@ def create_app(
     app.include_router(telemetry_api.router)
     app.include_router(telemetry_metrics.router)
     app.include_router(samples_api.router)
+    app.include_router(rollouts_api.router)
+    app.include_router(device_router(trust_proxy_certificate=settings.trust_proxy_client_certificate))
     app.include_router(
         artifact_router(store, signer=signer, max_upload_bytes=ARTIFACT_UPLOAD_MAX_BYTES), prefix="/artifacts"
     )

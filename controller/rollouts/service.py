@@ -12,7 +12,11 @@ they come from the model registry, which this package does not depend on.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import Signer
@@ -20,12 +24,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from agent import wire
-from controller.db.models import Device
+from controller.db.models import Device, ModelRelease
 from controller.rollouts.assigner import AssignmentPolicies, DirectorAssigner
 from controller.rollouts.engine import RolloutEngine
+from controller.rollouts.errors import RolloutError
 from controller.rollouts.plan import DeviceInfo, Selector
 from controller.rollouts.sql import PgRolloutLeases, SqlAssignmentLedger, SqlRolloutStore
 from manifests.assignment import ReleaseRef, TargetPin
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseFleetView:
@@ -85,3 +92,98 @@ def build_engine(
     ctx.extras["rollout_engine"] = engine
     ctx.extras["assigner"] = assigner
     return engine
+
+
+def release_targets(session_factory: sessionmaker[Session]) -> Callable[[ReleaseRef], tuple[TargetPin, ...]]:
+    """`targets_for` of the director assigner: a published release's offered variants and its golden set."""
+    def targets_for(release: ReleaseRef) -> tuple[TargetPin, ...]:
+        with session_factory() as session:
+            row = session.scalar(
+                select(ModelRelease).where(
+                    ModelRelease.name == release.model, ModelRelease.version == release.version
+                )
+            )
+            if row is None or row.status != "published":
+                raise RolloutError(f"release {release.model} {release.version} is not published")
+            pins = [
+                TargetPin(v.target_path, v.length, v.sha256)
+                for v in row.variants
+                if v.offered and v.artifact_key is not None
+            ]
+            golden = (row.report or {}).get("golden") or {}
+            if golden.get("target"):
+                pins.append(TargetPin(golden["target"], int(golden["length"]), golden["sha256"]))
+        return tuple(pins)
+
+    return targets_for
+
+
+def release_policies(
+    session_factory: sessionmaker[Session], defaults: AssignmentPolicies | None = None
+) -> Callable[[ReleaseRef, str | None], AssignmentPolicies]:
+    """`policies_for`: the release's own accuracy floor (set at upload) on top of the fleet defaults."""
+    base = defaults or AssignmentPolicies()
+
+    def policies_for(release: ReleaseRef, rollout_id: str | None) -> AssignmentPolicies:
+        with session_factory() as session:
+            floor = session.scalar(
+                select(ModelRelease.min_accuracy).where(
+                    ModelRelease.name == release.model, ModelRelease.version == release.version
+                )
+            )
+        if floor is None:
+            return base
+        return dataclasses.replace(base, gate=dataclasses.replace(base.gate, min_accuracy=floor))
+
+    return policies_for
+
+
+class EngineRunner:
+    """Drives `engine.run` on a thread for as long as the app runs (start/stop like other services)."""
+
+    def __init__(self, engine: RolloutEngine, interval_s: float = 1.0) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self.engine.run, args=(self._stop, self.interval_s), name="rollout-engine", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+            self._thread = None
+
+
+def attach_to_app(ctx: Any, keys_dir: Path, *, interval_s: float = 1.0) -> EngineRunner | None:
+    """The app's rollout engine when it has an MQTT bridge and a keyring with the director key; else None.
+
+    Without either, the rollout routes answer 503 and say why; nothing else in the controller changes.
+    """
+    from manifests.errors import KeyringError
+    from manifests.keyring import Keyring
+
+    if "bridge" not in ctx.extras or not (keys_dir / "director-root").is_dir():
+        return None
+    try:
+        keyring = Keyring(keys_dir)
+        signers = keyring.signers("director")
+        director_roots = keyring.root_history("director")[1:]
+    except KeyringError as e:
+        log.warning("rollouts disabled: director key unusable: %s", e)
+        return None
+    engine = build_engine(
+        ctx,
+        signers=signers,
+        targets_for=release_targets(ctx.session_factory),
+        policies_for=release_policies(ctx.session_factory),
+        director_roots=director_roots,
+    )
+    return EngineRunner(engine, interval_s)

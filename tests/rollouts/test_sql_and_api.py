@@ -18,7 +18,6 @@ from controller.db import migrate
 from controller.db.base import make_engine, make_session_factory
 from controller.db.models import Device, DeviceTag
 from controller.rollouts import RolloutEngine, RolloutState
-from controller.rollouts.api import router
 from controller.rollouts.assigner import LedgerEntry
 from controller.rollouts.errors import RolloutError, RolloutNotFound, StaleRecord
 from controller.rollouts.records import new_rollout
@@ -91,7 +90,6 @@ def _enroll(session: Any, device_id: str, tags: list[str], online: bool = True) 
 def api(tmp_path: Path, db_url: str) -> Iterator[tuple[TestClient, dict[str, str], Assigner]]:
     settings = Settings(state_dir=tmp_path / "state", database_url=db_url)
     app = create_app(settings)
-    app.include_router(router)
     with TestClient(app) as client:
         ctx = app.state.ctx
         assigner = Assigner()
