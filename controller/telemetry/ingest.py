@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -132,14 +132,25 @@ class TelemetryWriter:
                 except queue.Empty:
                     break
             try:
-                self.write([b for b, _ in group])
+                self._write_with_retries([b for b, _ in group])
                 self.last_lag_s = max(0.0, time.time() - min(t for _, t in group))
-            except Exception:  # noqa: BLE001 - a database outage must not kill the writer
-                self.stats["write_errors"] += len(group)
-                log.exception("telemetry write of %d batches failed", len(group))
             finally:
                 for _ in group:
                     self._queue.task_done()
+
+    def _write_with_retries(self, batches: list[twire.TelemetryBatch]) -> None:
+        """The broker already acknowledged these: try hard (a database restart takes seconds) before
+        counting them lost."""
+        for attempt, delay_s in enumerate((0.5, 1.0, 2.0, 4.0, 8.0, None)):
+            try:
+                self.write(batches)
+                return
+            except Exception:  # noqa: BLE001 - a database outage must not kill the writer
+                if delay_s is None or self._stop.wait(delay_s):
+                    self.stats["write_errors"] += len(batches)
+                    log.exception("telemetry write of %d batches failed %d times", len(batches), attempt + 1)
+                    return
+                self.stats["write_retries"] += 1
 
     def write(self, batches: Sequence[twire.TelemetryBatch]) -> int:
         """Store `batches` (duplicates skipped); returns how many were new."""
@@ -267,22 +278,40 @@ class TelemetrySubscriber:
         self.stats: Counter[str] = Counter()
         self.connected = threading.Event()
         self.last_drop = ""
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5)
-        if config.username is not None:
-            self._client.username_pw_set(config.username, config.password)
-        self._client.reconnect_delay_set(1, 30)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        self.protocol: MQTTProtocolVersion | None = None
+        self._client = self._build(mqtt.MQTTv5)
 
-    def start(self, timeout_s: float = 10.0) -> None:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.config.session_expiry_s
-        self._client.connect(self.config.host, self.config.port, clean_start=False, properties=props)
-        self._client.loop_start()
-        if not self.connected.wait(timeout_s):
+    def _build(self, protocol: MQTTProtocolVersion) -> mqtt.Client:
+        kwargs: dict[str, Any] = {} if protocol == mqtt.MQTTv5 else {"clean_session": False}
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.config.client_id, protocol=protocol,
+                             **kwargs)
+        if self.config.username is not None:
+            client.username_pw_set(self.config.username, self.config.password)
+        client.reconnect_delay_set(1, 30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self, timeout_s: float = 10.0, probe_timeout_s: float = 2.0) -> None:
+        """MQTT 5 with a shared subscription; MQTT 3.1.1 with a plain one when the broker only speaks
+        that (amqtt, the embedded broker): every replica then sees every batch, and the database's
+        unique keys keep storage exactly-once."""
+        for protocol, wait_s in ((mqtt.MQTTv5, probe_timeout_s), (mqtt.MQTTv311, timeout_s)):
+            self._client = self._build(protocol)
+            if protocol == mqtt.MQTTv5:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = self.config.session_expiry_s
+                self._client.connect(self.config.host, self.config.port, clean_start=False, properties=props)
+            else:
+                self._client.connect(self.config.host, self.config.port)
+            self._client.loop_start()
+            if self.connected.wait(wait_s):
+                self.protocol = protocol
+                return
             self._client.loop_stop()
-            raise ConnectionError(f"broker {self.config.host}:{self.config.port} did not accept the subscriber")
+            self._client.disconnect()
+        raise ConnectionError(f"broker {self.config.host}:{self.config.port} did not accept the subscriber")
 
     def stop(self) -> None:
         self._client.disconnect()
@@ -295,7 +324,7 @@ class TelemetrySubscriber:
             self.stats[f"connect_refused:{reason.value}"] += 1
             return
         group = self.config.share_group
-        prefix = f"$share/{group}/" if group else ""
+        prefix = f"$share/{group}/" if group and client.protocol == mqtt.MQTTv5 else ""
         client.subscribe(f"{prefix}{wire.TOPIC_ROOT}/+/telemetry", qos=1)
         self.stats["connects"] += 1
         self.connected.set()

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -60,3 +61,11 @@ class TelemetryService:
                 apply_retention(self.session_factory, self.retention)
             except Exception:  # noqa: BLE001 - try again at the next period
                 log.exception("telemetry retention failed")
+
+
+def telemetry_service(settings: Any, session_factory: sessionmaker[Session]) -> TelemetryService:
+    """The service for the controller's settings: same broker and credentials as the MQTT bridge."""
+    return TelemetryService(session_factory, IngestConfig(
+        host=settings.mqtt_host, port=settings.mqtt_port, username=settings.mqtt_bridge_username,
+        password=settings.mqtt_bridge_password,
+    ))

@@ -227,3 +227,33 @@ def test_shared_subscription_splits_batches_between_replicas(
         session.stop()
         for service in services:
             service.stop()
+
+
+def test_ingest_through_the_embedded_mqtt_311_broker(amqtt_broker: Any, tmp_path: Path, fake_system: FakeSystem) -> None:
+    from controller.db import make_engine, make_session_factory
+    from controller.db import migrate as db_migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    db_migrate.upgrade(engine)
+    factory = make_session_factory(engine)
+    service = TelemetryService(factory, IngestConfig("127.0.0.1", amqtt_broker.port))
+    service.start()
+    try:
+        assert service.subscriber.protocol == mqtt.MQTTv311  # amqtt speaks 3.1.1 only: plain subscription
+        ticks = itertools.count(1_700_000_000, 10)
+        models = FakeModels()
+        session, loop = _agent(amqtt_broker, tmp_path / "dev", "dev-6", fake_system, models,
+                               lambda: float(next(ticks)))
+        session.start()
+        try:
+            wait_until(session.connected.is_set, message="agent connected")
+            for _ in range(4):
+                models.serve([0.003] * 3)
+                loop.sample()
+            loop.flush()
+            wait_until(lambda: _stored(factory, "dev-6") == (2, 12), timeout_s=20, message="stored via amqtt")
+        finally:
+            session.stop()
+    finally:
+        service.stop()
+        engine.dispose()
