@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     enrollment_token_ttl_s: int = Field(24 * 3600, ge=60)
     enrollment_rate_per_minute: float = Field(30.0, gt=0, description="Enrollment attempts per client.")
     enrollment_burst: int = Field(10, ge=1)
+    development_mode: bool = Field(
+        False, description="Lab/demo mode: well-known default secrets are allowed (never in production)."
+    )
+    audit_log_file: Path | None = Field(None, description="Also append the operator audit trail to this file.")
+    trust_proxy_client_certificate: bool = Field(
+        False, description="Device routes accept X-Client-Certificate from a TLS proxy that verified it."
+    )
 
     max_model_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     max_golden_bytes: int = Field(256 * 1024 * 1024, ge=1024)
