@@ -1,4 +1,4 @@
-"""A controller app with the device routes mounted, and a device enrolled through the real API."""
+"""A controller app (device routes included) and devices enrolled through the real API."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 from agent.enroll import build_csr
 from controller.app import create_app
 from controller.auth import create_api_token
-from controller.security.device_auth import device_router
 from controller.settings import Settings
 from manifests.keyring import Keyring
 
@@ -59,9 +58,9 @@ def security_keyring(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start(tmp_path: Path, keys: Path, trust_proxy_certificate: bool) -> Iterator[SecuredController]:
-    settings = Settings(state_dir=tmp_path / "state", database_url=f"sqlite:///{tmp_path / 'c.db'}", keys_dir=keys)
+    settings = Settings(state_dir=tmp_path / "state", database_url=f"sqlite:///{tmp_path / 'c.db'}", keys_dir=keys,
+                        trust_proxy_client_certificate=trust_proxy_certificate)
     app = create_app(settings)
-    app.include_router(device_router(trust_proxy_certificate=trust_proxy_certificate))
     with TestClient(app) as client:
         tokens: dict[str, Any] = {}
         with app.state.ctx.session_factory() as session:

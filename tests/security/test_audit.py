@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from controller.app import create_app
 from controller.auth import create_api_token
-from controller.security.audit import AUDIT_LOGGER, AuditMiddleware, install_audit_file
+from controller.security.audit import AUDIT_LOGGER
 from controller.settings import Settings
 
 
@@ -20,9 +20,7 @@ def test_operator_actions_are_audited_with_actor_and_outcome(
     tmp_path: Path, security_keyring: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = create_app(Settings(state_dir=tmp_path / "s", database_url=f"sqlite:///{tmp_path / 'c.db'}",
-                              keys_dir=security_keyring))
-    app.add_middleware(AuditMiddleware)
-    handler = install_audit_file(tmp_path / "audit" / "audit.log")
+                              keys_dir=security_keyring, audit_log_file=tmp_path / "audit" / "audit.log"))
     caplog.set_level(logging.INFO, logger=AUDIT_LOGGER)
     try:
         with TestClient(app) as client:
@@ -36,8 +34,10 @@ def test_operator_actions_are_audited_with_actor_and_outcome(
             assert client.post("/api/v1/tokens", json={"name": "x", "role": "admin"}).status_code == 401
             assert client.delete("/api/v1/tokens/999", headers=auth).status_code == 404
     finally:
-        logging.getLogger(AUDIT_LOGGER).removeHandler(handler)
-        handler.close()
+        for handler in list(logging.getLogger(AUDIT_LOGGER).handlers):
+            if isinstance(handler, logging.FileHandler) and handler.baseFilename.startswith(str(tmp_path)):
+                logging.getLogger(AUDIT_LOGGER).removeHandler(handler)
+                handler.close()
 
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == AUDIT_LOGGER]
     assert [(r["method"], r["path"], r["status"]) for r in records] == [

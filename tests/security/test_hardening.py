@@ -123,3 +123,17 @@ def test_key_file_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(InsecureKeyFile, match="owned by uid"):
         check_secret_files([], [key], uid=os.geteuid() + 1)
+
+
+def test_the_controller_refuses_to_start_with_default_secrets_or_open_keys(tmp_path: Path) -> None:
+    from controller.app import create_app
+    from controller.security.errors import SecurityError
+
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    with pytest.raises(DefaultSecretRefused):
+        create_app(_settings(tmp_path, database_url=db, s3_access_key="minioadmin", s3_secret_key="minioadmin"))
+    create_app(_settings(tmp_path, database_url=db, s3_access_key="minioadmin", s3_secret_key="minioadmin",
+                         development_mode=True))
+    (tmp_path / "state" / "ca" / "ca.key").chmod(0o644)
+    with pytest.raises(SecurityError, match="ca.key has mode 0644"):
+        create_app(_settings(tmp_path, database_url=db, development_mode=True))
