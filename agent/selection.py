@@ -87,11 +87,9 @@ def _judge(profile: HardwareProfile, target: SignedTarget, policy: GatePolicy) -
     wanted = custom.get("runtime_version")
     if isinstance(wanted, str) and wanted:
         have, need = _version_tuple(installed), _version_tuple(wanted)
-        if runtime in ("tensorrt", "openvino"):
-            # TensorRT engines and OpenVINO IR are tied to the release line they were built with.
-            if have[:1] != need[:1] or have < need[:2]:
-                return f"{runtime}: variant needs {wanted}, device has {installed}"
-        elif have[:2] < need[:2]:
+        # ONNX files need a runtime at least as new as their opset; OpenVINO reads IR from its
+        # converter's release line and newer. (TensorRT engines are built on the device itself.)
+        if runtime != "tensorrt" and have[:2] < need[:2]:
             return f"{runtime}: variant needs {wanted} or newer, device has {installed}"
     device = "cpu"
     score = 10

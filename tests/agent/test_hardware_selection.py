@@ -125,8 +125,11 @@ def test_policy_can_forbid_int8_and_versions_are_checked(tmp_path: Path) -> None
     profile = probe(trees.intel_nuc(tmp_path), ORT_OV)
     selection = select(profile, RELEASE, GatePolicy(allow_int8=False))
     assert "int8: disallowed" in selection.reasons()["models/m/1/ort-int8.onnx"]
-    newer = [_target("ort-new.onnx", runtime_version="1.40"), _target("ov-old.tar", runtime="openvino",
-                                                                      runtime_version="2024.1")]
-    reasons = select(profile, newer, GatePolicy()).reasons()
+    versions = [_target("ort-new.onnx", runtime_version="1.40"),
+                _target("ov-new.tar", runtime="openvino", runtime_version="2027.1"),
+                _target("ov-old.tar", runtime="openvino", runtime_version="2024.1")]
+    selection = select(profile, versions, GatePolicy())
+    reasons = selection.reasons()
     assert reasons["models/m/1/ort-new.onnx"] == "onnxruntime: variant needs 1.40 or newer, device has 1.32.0"
-    assert reasons["models/m/1/ov-old.tar"] == "openvino: variant needs 2024.1, device has 2026.4.1"
+    assert reasons["models/m/1/ov-new.tar"] == "openvino: variant needs 2027.1 or newer, device has 2026.4.1"
+    assert [c.target.name for c in selection.candidates] == ["models/m/1/ov-old.tar"]
