@@ -137,8 +137,8 @@ def create_app(
     if settings.mqtt_bridge:
         bridge = MqttBridge(
             BridgeConfig(
-                host=settings.mqtt_host,
-                port=settings.mqtt_port,
+                host=settings.mqtt_bridge_host or settings.mqtt_host,
+                port=settings.mqtt_bridge_port or settings.mqtt_port,
                 username=settings.mqtt_bridge_username,
                 password=settings.mqtt_bridge_password,
             ),

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     mqtt_port: int = Field(1883, ge=1, le=65535)
     mqtt_tls: bool = False
     mqtt_bridge: bool = Field(False, description="Connect to the broker and apply device reports.")
+    mqtt_bridge_host: str | None = Field(
+        None, description="Where the bridge connects when not the device-facing address (a loopback listener)."
+    )
+    mqtt_bridge_port: int | None = Field(None, ge=1, le=65535)
     mqtt_bridge_username: str | None = None
     mqtt_bridge_password: str | None = None
 
