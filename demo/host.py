@@ -68,11 +68,12 @@ class ControllerHost:
         keys_dir = controller_dir / "keys"
         keyring = Keyring(keys_dir) if keys_dir.exists() else Keyring.create(keys_dir)
         bridge_password = secrets.token_urlsafe(24)
+        extra: dict[str, Any] = {"build_variants": self.variants} if self.variants else {}
         settings = Settings(
             state_dir=controller_dir, public_url=self.url, host="127.0.0.1", port=self.api_port,
             mqtt_host="127.0.0.1", mqtt_port=self.broker_port, mqtt_bridge=True,
             mqtt_bridge_username=BRIDGE_USER, mqtt_bridge_password=bridge_password,
-            **({"build_variants": self.variants} if self.variants else {}),
+            **extra,
         )
         self.app = create_app(settings)
         authority = DatabaseAuthority(self.ctx.session_factory, {BRIDGE_USER: bridge_password})

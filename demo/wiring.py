@@ -1,7 +1,7 @@
 """The rollout engine plugged into a running controller: fleet from the registry, signed assignments out.
 
-A controller app that already runs a rollout engine (`ctx.extras["rollout_engine"]`) is used as it is;
-otherwise `attach_rollouts` builds one from the project's parts and puts it there, so the dashboard and
+A controller app that already runs a rollout engine (`ctx.extras["rollout_engine"]`) is used as it is,
+with the caller's assignment policies; otherwise `attach_rollouts` builds one from the project's parts and puts it there, so the dashboard and
 the demo see the same engine:
 
 | port       | implementation here                                                           |
@@ -86,6 +86,10 @@ def attach_rollouts(ctx: Any, keyring: Keyring, state_dir: Path, policies: Mappi
     """The app's rollout engine, building, attaching and driving one (until `stop`) when the app has none."""
     existing = ctx.extras.get("rollout_engine")
     if existing is not None:
+        assigner = ctx.extras.get("assigner")
+        if policies and assigner is not None and hasattr(assigner, "policies_for"):
+            fixed_policies = AssignmentPolicies(**dict(policies))
+            assigner.policies_for = lambda release, rollout_id: fixed_policies
         return existing  # type: ignore[no-any-return]
     bridge = ctx.extras["bridge"]
     state_dir.mkdir(parents=True, exist_ok=True)
