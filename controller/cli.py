@@ -25,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from controller import cli_fleet, cli_model, cli_rollout
 from controller.api_client import ApiClient, ApiClientError, ClientConfig
 from controller.keys_cli import app as keys_app
 from controller.samples_cli import app as samples_app
@@ -50,6 +51,9 @@ app.add_typer(models_app, name="models")
 app.add_typer(repository_app, name="repository")
 broker_app = typer.Typer(help="Files for the MQTT broker.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
+app.add_typer(cli_rollout.app, name="rollout")
+app.add_typer(cli_model.app, name="model")
+cli_fleet.register(app)
 
 console = Console()
 err = Console(stderr=True)
@@ -284,8 +288,9 @@ def devices_list(
 
 
 @devices_app.command("show")
-def devices_show(device_id: str, url: UrlOpt = None, token: TokenOpt = None) -> None:
-    print(json.dumps(_call(_client(url, token), "GET", f"/api/v1/devices/{device_id}"), indent=2))
+def devices_show(device_id: str, url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """One device: its state, latency p50/p95/p99 per version, its newest gate report."""
+    cli_fleet.show_device(_client(url, token), device_id, as_json)
 
 
 @devices_app.command("revoke")
