@@ -31,6 +31,7 @@ from agent.hardware.profile import HardwareProfile
 from agent.selection import select
 from agent.slots import FileSlotStore, ModelRef, SlotError, SlotStore
 from agent.staging import Fetcher, Stager, StagingError, TargetLocator
+from agent.staging.packages import entry_for, runtime_extra
 from agent.state import (
     Event,
     Flags,
@@ -249,7 +250,8 @@ class UpdateEngine:
         c = target.custom
         return ModelRef(sha256=target.sha256, file_name=target.name.rsplit("/", 1)[-1], target=target.name,
                         runtime=str(c.get("runtime", "")), precision=str(c.get("precision", "fp32")),
-                        model=str(c.get("model", "")), version=str(c.get("version", "")), device=device)
+                        model=str(c.get("model", "")), version=str(c.get("version", "")), device=device,
+                        entry=entry_for(c))
 
     def _served(self) -> ActiveModel | None:
         ref = self.slots.current()
@@ -343,7 +345,7 @@ class UpdateEngine:
             hardware_class=self.profile.hardware_class,
             current_path=served.path if served else None,
             current_runtime=served.ref.runtime if served else None,
-            current_device=served.ref.device if served else "cpu")
+            current_device=served.ref.device if served else "cpu", runtime_extra=runtime_extra(target.custom))
         self._hook("gate")
         outcome = self.gate.evaluate(gate_input, plan.assignment.gate)
         report = {"report": outcome.report.to_dict(), "verdict": outcome.verdict.to_dict()}

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -46,12 +47,14 @@ class ModelRef:
     model: str
     version: str
     device: str = "cpu"
+    entry: str = ""  # the file a runtime loads when it is not the signed file (an unpacked package)
 
     def __post_init__(self) -> None:
         if not _SHA256.match(self.sha256):
             raise SlotError(f"slot sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
-        if not _FILE_NAME.match(self.file_name) or self.file_name in (".", ".."):
-            raise SlotError(f"slot file name {self.file_name!r} is not a plain file name")
+        for name in (self.file_name, self.entry or self.file_name):
+            if not _FILE_NAME.match(name) or name in (".", ".."):
+                raise SlotError(f"slot file name {name!r} is not a plain file name")
 
 
 class SlotStore(Protocol):
@@ -63,7 +66,8 @@ class SlotStore(Protocol):
 
     def file_path(self, sha256: str, file_name: str) -> Path: ...
 
-    def adopt(self, sha256: str, file_name: str, staged: Path) -> Path: ...
+    def adopt(self, sha256: str, file_name: str, staged: Path,
+              unpack: Callable[[Path, Path], None] | None = None) -> Path: ...
 
     def current(self) -> ModelRef | None: ...
 
@@ -85,6 +89,8 @@ class FileSlotStore:
         self.root = root
         self.models_dir = root / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.models_dir.glob(".building-*"):  # a slot whose assembly a crash cut short
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def _slot_dir(self, sha256: str) -> Path:
         if not _SHA256.match(sha256):
@@ -96,22 +102,39 @@ class FileSlotStore:
         return slot.is_dir() and any(p.is_file() for p in slot.iterdir())
 
     def path(self, ref: ModelRef) -> Path:
-        return self._slot_dir(ref.sha256) / ref.file_name
+        """What a runtime loads: the signed file, or the entry unpacked from it."""
+        return self._slot_dir(ref.sha256) / (ref.entry or ref.file_name)
 
     def file_path(self, sha256: str, file_name: str) -> Path:
         return self._slot_dir(sha256) / file_name
 
-    def adopt(self, sha256: str, file_name: str, staged: Path) -> Path:
-        """Move a verified, fsynced staged file into its slot (one rename on the same disk)."""
+    def adopt(self, sha256: str, file_name: str, staged: Path,
+              unpack: Callable[[Path, Path], None] | None = None) -> Path:
+        """Move a verified, fsynced staged file into its slot; `unpack(file, folder)` may add files.
+
+        The slot is assembled in a hidden folder and renamed into place in one step, so a slot that
+        exists is complete, with or without unpacked files.
+        """
         if not _FILE_NAME.match(file_name) or file_name in (".", ".."):
             raise SlotError(f"slot file name {file_name!r} is not a plain file name")
         slot = self._slot_dir(sha256)
-        slot.mkdir(exist_ok=True)
-        final = slot / file_name
-        os.replace(staged, final)
-        fsync_dir(slot)
+        building = self.models_dir / f".building-{sha256}"
+        if building.exists():
+            shutil.rmtree(building)
+        building.mkdir()
+        try:
+            os.replace(staged, building / file_name)
+            if unpack is not None:
+                unpack(building / file_name, building)
+            fsync_dir(building)
+            if slot.exists():  # an empty or partial leftover from before this store assembled slots
+                shutil.rmtree(slot)
+            os.rename(building, slot)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
         fsync_dir(self.models_dir)
-        return final
+        return slot / file_name
 
     def _read_pointer(self, name: str) -> ModelRef | None:
         path = self.root / name
@@ -126,7 +149,8 @@ class FileSlotStore:
             doc = json.loads(data)
             if not isinstance(doc, dict):
                 raise TypeError(f"expected an object, got {type(doc).__name__}")
-            fields = {k: doc[k] for k in ModelRef.__dataclass_fields__ if k in doc or k != "device"}
+            optional = {"device", "entry"}
+            fields = {k: doc[k] for k in ModelRef.__dataclass_fields__ if k in doc or k not in optional}
             if not all(isinstance(v, str) for v in fields.values()):
                 raise TypeError("every pointer field must be a string")
             return ModelRef(**fields)
@@ -171,7 +195,9 @@ class FileSlotStore:
 
     def verify(self, ref: ModelRef) -> bool:
         """Re-hash a slot's file: after a crash the agent serves only a model that still matches."""
-        path = self.path(ref)
+        path = self.file_path(ref.sha256, ref.file_name)
+        if ref.entry and not self.file_path(ref.sha256, ref.entry).is_file():
+            return False
         digest = hashlib.sha256()
         try:
             with open(path, "rb") as f:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class GateRequest:
     warmup_rounds: int = 10
     intra_op_threads: int | None = None
     cache_dir: str | None = None
+    runtime_extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -144,10 +145,8 @@ def _quality(scores: np.ndarray, golden: Golden, figures: ModelFigures) -> Model
 
 
 def _load(runtime: str, device: str, path: str, request: GateRequest,
-          precision: str | None = None) -> tuple[Session | None, ModelFigures]:
-    # TensorRT builds its engine for the signed precision; the other runtimes read it from the file.
-    extra = {"precision": precision} if runtime == "tensorrt" and precision else {}
-    options = RuntimeOptions(intra_op_threads=request.intra_op_threads, device=device, extra=extra,
+          extra: Mapping[str, str] | None = None) -> tuple[Session | None, ModelFigures]:
+    options = RuntimeOptions(intra_op_threads=request.intra_op_threads, device=device, extra=dict(extra or {}),
                              cache_dir=Path(request.cache_dir) if request.cache_dir else None)
     started = time.perf_counter()
     try:
@@ -168,7 +167,8 @@ def measure(request: GateRequest) -> GateReport:
     golden = load_golden(Path(request.golden_path))
     loader_for(request.runtime)  # import the runtime before the baseline so it is not billed to the model
     baseline_mb = _rss_now_mb()
-    candidate, figures = _load(request.runtime, request.device, request.model_path, request, request.precision)
+    candidate, figures = _load(request.runtime, request.device, request.model_path, request,
+                               request.runtime_extra)
     report = GateReport(candidate=request.candidate, runtime=request.runtime, precision=request.precision,
                         hardware_class=request.hardware_class, measured=figures)
     if candidate is None:

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -41,6 +41,7 @@ class GateInput:
     current_path: Path | None = None
     current_runtime: str | None = None
     current_device: str = "cpu"
+    runtime_extra: Mapping[str, str] = field(default_factory=dict)  # RuntimeOptions.extra for the candidate
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class ProcessGate:
                 latency_rounds=s.latency_rounds, latency_budget_s=s.latency_budget_s,
                 warmup_rounds=s.warmup_rounds, intra_op_threads=self.intra_op_threads,
                 cache_dir=str(self.cache_dir) if self.cache_dir is not None else None,
+                runtime_extra=dict(g.runtime_extra),
             )
             request_path = Path(tmp) / "request.json"
             request_path.write_text(request.to_json(), encoding="utf-8")

@@ -3,9 +3,10 @@
 The signed TensorRT variant is an ONNX file; the engine is built here on first use and cached by
 (ONNX sha256, TensorRT version, GPU name, compute capability, precision) — see `tensorrt_cache`.
 `tensorrt` and `cuda-python` are imported only when a real build or run happens, so importing this
-module works everywhere. Precision comes from `RuntimeOptions.extra["precision"]` (default fp16;
-an int8 variant is an explicitly quantized QDQ model). Dynamic dimensions get one optimization
-profile from 1 to `extra["max_batch"]` (default 32).
+module works everywhere. `RuntimeOptions.extra` carries the signed build settings
+(`agent.staging.packages.runtime_extra`): "precision" (default fp16; int8 means an explicitly
+quantized QDQ model), "min_batch" / "opt_batch" / "max_batch" for the one optimization profile of a
+dynamic batch dimension (default 1 / max÷4 / 32), "workspace_mb" (default 1024).
 """
 
 from __future__ import annotations
@@ -55,10 +56,15 @@ def _cuda_call(result: Any) -> Any:
 class TensorRTBuilder:
     """The real EngineBuilder: tensorrt's OnnxParser + builder config, on GPU `device`."""
 
-    def __init__(self, device: int = 0, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, max_batch: int = 32) -> None:
+    def __init__(self, device: int = 0, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, max_batch: int = 32,
+                 min_batch: int = 1, opt_batch: int | None = None) -> None:
+        if not 1 <= min_batch <= (opt_batch or min_batch) <= max_batch:
+            raise ValueError(f"batch profile must satisfy 1 <= min <= opt <= max, got {min_batch}/{opt_batch}/{max_batch}")
         self.device = device
         self.workspace_bytes = workspace_bytes
         self.max_batch = max_batch
+        self.min_batch = min_batch
+        self.opt_batch = opt_batch or max(min_batch, max_batch // 4)
 
     def device_info(self) -> DeviceInfo:
         trt = _import("tensorrt")
@@ -89,8 +95,8 @@ class TensorRTBuilder:
             shape = tuple(tensor.shape)
             if any(d < 0 for d in shape):
                 dynamic = True
-                low = tuple(1 if d < 0 else d for d in shape)
-                opt = tuple(max(1, self.max_batch // 4) if d < 0 else d for d in shape)
+                low = tuple(self.min_batch if d < 0 else d for d in shape)
+                opt = tuple(self.opt_batch if d < 0 else d for d in shape)
                 high = tuple(self.max_batch if d < 0 else d for d in shape)
                 profile.set_shape(tensor.name, low, opt, high)
         if dynamic:
@@ -200,7 +206,14 @@ class TensorRTLoader:
         builder = self.builder
         if builder is None:
             device = int(options.device.split(":", 1)[1]) if options.device.startswith("cuda:") else 0
-            builder = TensorRTBuilder(device=device, max_batch=int(options.extra.get("max_batch", "32")))
+            try:
+                builder = TensorRTBuilder(
+                    device=device, max_batch=int(options.extra.get("max_batch", "32")),
+                    min_batch=int(options.extra.get("min_batch", "1")),
+                    opt_batch=int(options.extra["opt_batch"]) if "opt_batch" in options.extra else None,
+                    workspace_bytes=int(options.extra.get("workspace_mb", "1024")) << 20)
+            except ValueError as e:
+                raise ModelLoadError(f"{path}: bad TensorRT build setting: {e}") from e
         cache = EngineCache(options.cache_dir or path.parent / "tensorrt-engines", self.max_cached_engines)
         engine_path, built = cache.get_or_build(path, builder, precision)
         self.last_build_was_cached = not built

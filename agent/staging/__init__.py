@@ -7,6 +7,7 @@ Errors (one tree; `retryable` on each class says whether trying again can help):
     │   └── UrlExpiredError  403 on a presigned URL; retried with a fresh URL (retry: yes)
     ├── SourceError          404, unsupported scheme, missing file (retry: no)
     ├── IntegrityError       more bytes than signed, or the wrong hash; partial deleted (retry: no)
+    ├── PackageError         a verified package (OpenVINO IR tar) is malformed (retry: no)
     ├── SlowRetrievalError   below the minimum speed or past the deadline (retry: later)
     └── DiskSpaceError       not enough free space plus reserve (retry: no, until space is freed)
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 from agent.staging.errors import (
     DiskSpaceError,
     IntegrityError,
+    PackageError,
     SlowRetrievalError,
     SourceError,
     StagingError,
@@ -31,6 +33,7 @@ __all__ = [
     "FetchStream",
     "Fetcher",
     "IntegrityError",
+    "PackageError",
     "SlowRetrievalError",
     "SourceError",
     "StageResult",

@@ -41,6 +41,12 @@ class IntegrityError(StagingError):
     reason = "integrity"
 
 
+class PackageError(StagingError):
+    """A verified package (e.g. an OpenVINO IR tar) is malformed; nothing is adopted."""
+
+    reason = "bad_package"
+
+
 class SlowRetrievalError(StagingError):
     """Below the minimum speed or past the overall deadline (a slow-retrieval attack or a bad link)."""
 

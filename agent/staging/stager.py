@@ -20,6 +20,7 @@ server, or log a URL whole (presigned query strings are credentials).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import logging
@@ -35,10 +36,12 @@ from agent.slots import SlotStore
 from agent.staging.errors import (
     DiskSpaceError,
     IntegrityError,
+    PackageError,
     SlowRetrievalError,
     TransferError,
     UrlExpiredError,
 )
+from agent.staging.packages import package_format, unpack
 from agent.staging.sources import Fetcher, FetchStream, TargetLocator, UrlFetcher, redact_url
 from manifests.verify import SignedTarget
 
@@ -153,7 +156,13 @@ class Stager:
                 log.info("staging %s from %s: %s; retry %d in %.1f s", target.name, redact_url(url), e,
                          attempts, delay)
                 self.sleep(delay)
-        final = self.slots.adopt(target.sha256, file_name, part)
+        fmt = package_format(target.custom)
+        unpacker = None if fmt is None else functools.partial(unpack, fmt)
+        try:
+            final = self.slots.adopt(target.sha256, file_name, part, unpacker)
+        except PackageError:
+            part.unlink(missing_ok=True)
+            raise
         return StageResult(final, received, attempts, resumed_from)
 
     def _check_space(self, needed_bytes: int) -> None:

@@ -273,3 +273,62 @@ def test_full_model_disk_fails_the_update_and_keeps_the_old_model(small_fs: Path
     current = slots.current()
     assert current is not None and current.target == "models/digits/1/ort-fp32.onnx" and slots.verify(current)
     assert list((small_fs / "staging").iterdir()) == []
+
+
+def _ov_package(tmp: Path, members: list[tuple[str, bytes]]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_openvino_package_is_unpacked_into_the_slot_and_loads(tmp_path: Path, digits_mlp: object) -> None:
+    """The build pipeline's OpenVINO IR package, staged, unpacked into the slot, loaded from model.xml."""
+    import numpy as np
+    import openvino as ov
+
+    from agent.runtime import RuntimeOptions, loader_for
+    from agent.slots import ModelRef
+    from agent.staging.packages import entry_for
+
+    sample = digits_mlp
+    ir = tmp_path / "ir"
+    ov.save_model(ov.convert_model(str(sample.path)), str(ir / "model.xml"))  # type: ignore[attr-defined]
+    package = _ov_package(tmp_path, [("model.xml", (ir / "model.xml").read_bytes()),
+                                     ("model.bin", (ir / "model.bin").read_bytes())])
+    custom = {"kind": "variant", "runtime": "openvino", "format": "openvino-ir-tar"}
+    target = SignedTarget("models/m/1/openvino-fp32", len(package), hashlib.sha256(package).hexdigest(), custom)
+    with serve({"m": package}) as server:
+        stager(tmp_path / "dev").stage(target, FixedUrl(server.url("m")))
+    slots = FileSlotStore(tmp_path / "dev")
+    ref = ModelRef(target.sha256, "openvino-fp32", target.name, "openvino", "fp32", "m", "1", "CPU",
+                   entry_for(custom))
+    assert slots.path(ref).name == "model.xml" and slots.verify(ref)
+    session = loader_for("openvino").load(slots.path(ref), RuntimeOptions(intra_op_threads=1, device="CPU"))
+    out = next(iter(session.run({session.inputs[0].name: sample.golden.inputs}).values()))  # type: ignore[attr-defined]
+    assert np.mean(np.argmax(out, axis=1) == sample.golden.labels) == pytest.approx(sample.accuracy, abs=0.01)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("members", [
+    [("model.xml", b"<xml/>")],
+    [("model.xml", b"<xml/>"), ("model.bin", b"w"), ("extra.txt", b"x")],
+    [("../model.xml", b"<xml/>"), ("model.bin", b"w")],
+])
+def test_malformed_packages_are_refused_and_nothing_is_adopted(tmp_path: Path, members: list[tuple[str, bytes]]
+                                                               ) -> None:
+    from agent.staging import PackageError
+
+    package = _ov_package(tmp_path, members)
+    target = SignedTarget("models/m/1/openvino-fp32", len(package), hashlib.sha256(package).hexdigest(),
+                          {"kind": "variant", "runtime": "openvino", "format": "openvino-ir-tar"})
+    with serve({"m": package}) as server, pytest.raises(PackageError):
+        stager(tmp_path).stage(target, FixedUrl(server.url("m")))
+    assert FileSlotStore(tmp_path).slots() == ()
+    assert list((tmp_path / "staging").iterdir()) == []
+    assert [p.name for p in (tmp_path / "models").iterdir()] == []

@@ -131,3 +131,19 @@ def test_real_tensorrt_engine_matches_onnxruntime(digits_mlp: SampleModel, tmp_p
     again = loader_for("tensorrt")
     again.load(digits_mlp.path, options(tmp_path, "fp32"))
     assert getattr(again, "last_build_was_cached", None) is True
+
+
+def test_signed_build_settings_reach_the_loader() -> None:
+    from agent.staging.packages import runtime_extra
+
+    custom = {"runtime": "tensorrt", "precision": "fp16", "trt_precision": "fp16", "trt_min_batch": 1,
+              "trt_opt_batch": 8, "trt_max_batch": 16, "trt_workspace_mb": 512, "trt_input_shape": [3, 224, 224]}
+    assert runtime_extra(custom) == {"precision": "fp16", "min_batch": "1", "opt_batch": "8", "max_batch": "16",
+                                     "workspace_mb": "512"}
+    assert runtime_extra({"runtime": "onnxruntime", "precision": "int8"}) == {}
+    from agent.runtime.tensorrt import TensorRTBuilder
+
+    builder = TensorRTBuilder(min_batch=1, opt_batch=8, max_batch=16, workspace_bytes=512 << 20)
+    assert (builder.min_batch, builder.opt_batch, builder.max_batch) == (1, 8, 16)
+    with pytest.raises(ValueError, match="batch profile"):
+        TensorRTBuilder(min_batch=8, opt_batch=4, max_batch=16)
