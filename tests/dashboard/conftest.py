@@ -44,12 +44,13 @@ FLEET = [
 class FleetOf:
     """FleetView port: the seeded devices, all online, on digits 1."""
 
-    def __init__(self, devices: list[str]) -> None:
+    def __init__(self, devices: list[tuple[str, str]]) -> None:
         self.devices = devices
 
     def targeted(self, selector: Selector) -> dict[str, DeviceInfo]:
-        infos = {d: DeviceInfo(d, online=True, tags=frozenset({"lab"}), active_release=ReleaseRef("digits", "1"))
-                 for d in self.devices}
+        infos = {d: DeviceInfo(d, online=True, tags=frozenset({"lab"}), hardware_class=hw,
+                               active_release=ReleaseRef("digits", "1"))
+                 for d, hw in self.devices}
         return {d: i for d, i in infos.items() if selector.matches(i)}
 
 
@@ -62,6 +63,9 @@ class RecordingAssigner:
     def assign(self, device_id: str, release: ReleaseRef, rollout_id: str) -> int:
         self.calls.append((device_id, release.version, rollout_id))
         return len(self.calls)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        return None
 
 
 @dataclass
@@ -136,7 +140,7 @@ def live_controller(tmp_path: Path) -> Iterator[LiveController]:
     settings = Settings(state_dir=tmp_path / "state", public_url=f"http://127.0.0.1:{port}", port=port)
     app = create_app(settings)
     assigner = RecordingAssigner()
-    engine = RolloutEngine(FileRolloutStore(tmp_path / "rollouts"), FleetOf([d for d, _, _ in FLEET]), assigner)
+    engine = RolloutEngine(FileRolloutStore(tmp_path / "rollouts"), FleetOf([(d, hw) for d, hw, _ in FLEET]), assigner)
     app.state.ctx.extras["rollout_engine"] = engine
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
