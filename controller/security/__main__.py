@@ -48,6 +48,7 @@ def _broker_files(args: argparse.Namespace) -> dict[str, object]:
         device_port=args.device_port,
         device_bind_address=args.bind_address,
         local_port=args.local_port if password_path is not None else None,
+        local_bind_address=args.local_bind_address,
         max_packet_bytes=args.max_packet_bytes,
         persistence_dir=args.persistence_dir,
     )
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-port", type=int, default=8883)
     p.add_argument("--bind-address", default="0.0.0.0")
     p.add_argument("--local-port", type=int, default=1883, help="loopback listener for the controller bridge")
+    p.add_argument("--local-bind-address", default="127.0.0.1", help="address of the bridge's listener")
     p.add_argument("--bridge-password-file", type=Path)
     p.add_argument("--max-packet-bytes", type=int, default=256 * 1024)
     p.add_argument("--persistence-dir", type=Path)

@@ -27,6 +27,7 @@ import uvicorn
 
 from controller.app import create_app
 from controller.auth import create_api_token
+from controller.enrollment.ca import FleetCA
 from controller.mqtt.mosquitto_auth import acl_file
 from controller.security.__main__ import BRIDGE_USERNAME
 from controller.security.broker_tls import CONTROLLER_IDENTITY, device_listener_conf, write_broker_tls
@@ -109,35 +110,29 @@ class Fleet:
 def start_fleet(tmp_path: Path, keys_dir: Path, mosquitto_factory: Any) -> Fleet:
     bridge_password = secrets.token_urlsafe(24)
     port, device_port = free_port(), free_port()
-    settings = Settings(
-        state_dir=tmp_path / "controller", database_url=f"sqlite:///{tmp_path / 'controller.db'}", keys_dir=keys_dir,
-        public_url=f"http://{HOST}:{port}", mqtt_host=HOST, mqtt_port=device_port, mqtt_tls=True,
-        mqtt_bridge=True, mqtt_bridge_username=BRIDGE_USERNAME, mqtt_bridge_password=bridge_password,
-    )
-    app = create_app(settings)
-    ca = app.state.ctx.ca
-    tls = write_broker_tls(settings.resolved_ca_dir, tmp_path / "broker-tls", [HOST], crl_pem=ca.crl_pem([]))
+    ca_dir = tmp_path / "controller" / "ca"
+    ca = FleetCA.load_or_create(ca_dir)  # the controller's CA; create_app loads the same folder
+    tls = write_broker_tls(ca_dir, tmp_path / "broker-tls", [HOST], crl_pem=ca.crl_pem([]))
+    # Main listener: passwords, for the bridge; device listener: mutual TLS with the fleet CA.
     broker = mosquitto_factory(
         users={BRIDGE_USERNAME: bridge_password},
         acl=acl_file([BRIDGE_USERNAME, CONTROLLER_IDENTITY]),
         allow_anonymous=False,
         extra_conf=device_listener_conf(tls, port=device_port, bind_address=HOST),
     )
-    # Settings have one broker address, handed to devices at enrollment (the TLS port); the bridge of
-    # a controller beside the broker uses the loopback listener with its password instead.
-    app.state.ctx.extras["bridge"].config = _with_port(app.state.ctx.extras["bridge"].config, broker.port)
+    settings = Settings(
+        state_dir=tmp_path / "controller", database_url=f"sqlite:///{tmp_path / 'controller.db'}", keys_dir=keys_dir,
+        public_url=f"http://{HOST}:{port}", mqtt_host=HOST, mqtt_port=device_port, mqtt_tls=True,
+        mqtt_bridge=True, mqtt_bridge_username=BRIDGE_USERNAME, mqtt_bridge_password=bridge_password,
+        mqtt_bridge_host=HOST, mqtt_bridge_port=broker.port,
+    )
+    app = create_app(settings)
     served = ServedApp(app, port)
     served.start()
     with app.state.ctx.session_factory() as session:
         _, admin = create_api_token(session, name="provisioning-admin", role="admin")
         session.commit()
     return Fleet(f"http://{HOST}:{port}", admin, broker, device_port, settings, served)
-
-
-def _with_port(config: Any, port: int) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(config, port=port)
 
 
 def ansible_env(tmp_path: Path) -> dict[str, str]:
