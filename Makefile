@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/mypy controller
 
 bench: $(STAMP)
+	EDGEFLEET_NEED_WRK=1 bash tests/ensure_binaries.sh
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done
 
 clean:

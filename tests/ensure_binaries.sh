@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes sure the service binaries the tests start are on this machine; installs them with apt-get when
+# Makes sure the service binaries and the browser the tests start are on this machine; installs them with apt-get when
 # possible, otherwise stops naming the package to install.
 set -euo pipefail
 need=()
@@ -7,6 +7,10 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_passwd >/dev/null 2>&1 || [[ " ${need[*]} " == *" mosquitto "* ]] || need+=(mosquitto)
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 if ! command -v initdb >/dev/null 2>&1 && [ -z "$pg_bin" ]; then need+=(postgresql); fi
+# The dashboard tests drive Debian's Chromium headless (never a downloaded browser build).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Benchmarks drive HTTP load from a non-Python client.
+if [ "${EDGEFLEET_NEED_WRK:-0}" = 1 ]; then command -v wrk >/dev/null 2>&1 || need+=(wrk); fi
 # PostgreSQL refuses to run as root: tests started as root run the server as an unprivileged user.
 ensure_pg_user() {
   local user="${EDGEFLEET_PG_USER:-postgres}"
