@@ -79,10 +79,30 @@ def convert_ir(model_path: Path, *, compress_to_fp16: bool) -> bytes:
     try:
         with tempfile.TemporaryDirectory(prefix="edgefleet-ov-") as tmp:
             xml_path = Path(tmp) / "model.xml"
-            ov.save_model(ov.convert_model(str(model_path)), str(xml_path), compress_to_fp16=compress_to_fp16)
+            model = ov.convert_model(str(model_path))
+            _keep_onnx_names(model, model_path)
+            ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
             return pack_ir(xml_path.read_bytes(), xml_path.with_suffix(".bin").read_bytes())
     except Exception as e:  # openvino raises RuntimeError and its own OpConversionFailure types
         raise VariantBuildError("conversion_failed", f"OpenVINO conversion failed: {str(e)[:500]}") from e
+
+
+def _keep_onnx_names(model: object, model_path: Path) -> None:
+    """Give each input and output only its ONNX name.
+
+    The converter may merge a folded node's name into a port ({'cast_input', 'input'}); a loader that
+    reads "any" name would then serve the variant under a name the ONNX model's clients do not send.
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    onnx_names = {v.name for v in graph.input if v.name not in initializers} | {v.name for v in graph.output}
+    for port in [*model.inputs, *model.outputs]:  # type: ignore[attr-defined]
+        names = port.get_names()
+        original = [n for n in names if n in onnx_names]
+        if len(names) > 1 and len(original) == 1:
+            port.get_tensor().set_names({original[0]})
 
 
 def openvino_runner(package: bytes, *, threads: int) -> Runner:
