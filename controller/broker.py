@@ -1,7 +1,7 @@
 """The embedded MQTT broker: amqtt run in-process, for a lab controller and the demo.
 
 A controller with no broker of its own (`edgefleet controller serve --embedded-broker`, `make demo`)
-starts this one on a thread with its own event loop, so the API's event loop never waits on MQTT work
+starts this one (`app_with_embedded_broker`) on a thread with its own event loop, so the API's event loop never waits on MQTT work
 and the broker stops with the controller.
 
     EmbeddedBroker(host, port, authority)
@@ -260,21 +260,27 @@ class DatabaseAuthority:
         return self._controllers.is_controller(username)
 
 
-def embedded_for(settings: Any, session_factory: Any) -> tuple[Any, EmbeddedBroker]:
-    """An embedded broker for `settings`' MQTT address, and settings whose bridge can log in to it.
+def app_with_embedded_broker(settings: Any, create_app: Any, bind_host: str = "127.0.0.1") -> tuple[Any, EmbeddedBroker]:
+    """The controller app for `settings` plus an embedded broker on `settings.mqtt_port` for it.
 
     Devices log in with the credentials they got at enrollment (checked against the database); the
     controller's bridge uses the configured account, or a fresh random one when none is configured.
+    The broker is returned unstarted: start it before serving the app, stop it after.
     """
     import secrets
 
     username = settings.mqtt_bridge_username or "edgefleet-controller"
     password = settings.mqtt_bridge_password or secrets.token_urlsafe(24)
-    settings = settings.model_copy(
-        update={"mqtt_bridge": True, "mqtt_bridge_username": username, "mqtt_bridge_password": password}
-    )
-    authority = DatabaseAuthority(session_factory, {username: password})
-    return settings, EmbeddedBroker(settings.mqtt_host, settings.mqtt_port, authority)
+    settings = settings.model_copy(update={
+        "mqtt_bridge": True, "mqtt_bridge_username": username, "mqtt_bridge_password": password,
+        "mqtt_bridge_host": "127.0.0.1" if bind_host in ("0.0.0.0", "::") else bind_host,
+        "mqtt_bridge_port": settings.mqtt_port,
+    })
+    app = create_app(settings)
+    if "bridge" in app.state.ctx.extras:
+        speak_311(app.state.ctx.extras["bridge"])
+    authority = DatabaseAuthority(app.state.ctx.session_factory, {username: password})
+    return app, EmbeddedBroker(bind_host, settings.mqtt_port, authority)
 
 
 def speak_311(bridge: Any) -> None:

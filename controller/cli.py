@@ -107,6 +107,9 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
+    embedded_broker: Annotated[
+        bool, typer.Option(help="Also run an MQTT broker (amqtt) on mqtt_port, for a lab without Mosquitto.")
+    ] = False,
 ) -> None:
     """Run the controller API with uvicorn (migrations run at start-up unless disabled)."""
     import uvicorn
@@ -114,6 +117,16 @@ def serve(
     from controller.app import create_app
 
     settings = _settings(config)
+    if embedded_broker:
+        from controller.broker import app_with_embedded_broker
+
+        application, broker = app_with_embedded_broker(settings, create_app, bind_host=settings.host)
+        broker.start()
+        try:
+            uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level="info")
+        finally:
+            broker.stop()
+        return
     uvicorn.run(
         create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info"
     )

@@ -8,7 +8,6 @@ credentials the controller gave them at enrollment. Nothing listens beyond 127.0
 from __future__ import annotations
 
 import logging
-import secrets
 import socket
 import threading
 import time
@@ -21,14 +20,13 @@ import uvicorn
 from controller.api_client import ApiClient, ClientConfig
 from controller.app import create_app
 from controller.auth import create_api_token
-from controller.broker import DatabaseAuthority, EmbeddedBroker, speak_311
+from controller.broker import EmbeddedBroker, app_with_embedded_broker
 from controller.settings import Settings
 from demo.wiring import attach_rollouts
 from manifests import assignment as A
 from manifests.keyring import Keyring
 
 log = logging.getLogger("demo")
-BRIDGE_USER = "edgefleet-controller"
 START_TIMEOUT_S = 30.0
 
 
@@ -67,19 +65,13 @@ class ControllerHost:
         controller_dir = self.state_dir / "controller"
         keys_dir = controller_dir / "keys"
         keyring = Keyring(keys_dir) if keys_dir.exists() else Keyring.create(keys_dir)
-        bridge_password = secrets.token_urlsafe(24)
         extra: dict[str, Any] = {"build_variants": self.variants} if self.variants else {}
         settings = Settings(
             state_dir=controller_dir, public_url=self.url, host="127.0.0.1", port=self.api_port,
-            mqtt_host="127.0.0.1", mqtt_port=self.broker_port, mqtt_bridge=True,
-            mqtt_bridge_username=BRIDGE_USER, mqtt_bridge_password=bridge_password,
-            **extra,
+            mqtt_host="127.0.0.1", mqtt_port=self.broker_port, **extra,
         )
-        self.app = create_app(settings)
-        authority = DatabaseAuthority(self.ctx.session_factory, {BRIDGE_USER: bridge_password})
-        self.broker = EmbeddedBroker("127.0.0.1", self.broker_port, authority)
+        self.app, self.broker = app_with_embedded_broker(settings, create_app)
         self.broker.start()
-        speak_311(self.ctx.extras["bridge"])
         self.engine = attach_rollouts(self.ctx, keyring, controller_dir / "rollout-engine",
                                       {"gate": self.gate, "probation": self.probation}, stop=self._stop)
         self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.api_port,

@@ -123,3 +123,39 @@ def test_anonymous_broker_for_a_lab_and_a_taken_port_is_a_clear_error() -> None:
 
         with pytest.raises(BrokerStartError, match="did not start"):
             EmbeddedBroker(port=b.port).start()
+
+
+def test_controller_serve_runs_its_own_broker(tmp_path: pytest.TempPathFactory) -> None:
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    api_port, mqtt_port = free_port(), free_port()
+    env = {**os.environ, "EDGEFLEET_STATE_DIR": str(Path(str(tmp_path)) / "state"), "EDGEFLEET_PORT": str(api_port),
+           "EDGEFLEET_MQTT_PORT": str(mqtt_port), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", "from controller.cli import main; main()", "controller", "serve",
+                             "--embedded-broker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/healthz", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                return False
+
+        wait_until(healthy, timeout_s=60, message="controller serve answers /healthz")
+        anonymous = Client(mqtt_port, None, None)
+        stranger = Client(mqtt_port, "dev-x", "guess")
+        try:
+            wait_until(lambda: anonymous.connect_rc is not None and stranger.connect_rc is not None,
+                       message="CONNACKs from the embedded broker")
+            assert anonymous.connect_rc != 0 and stranger.connect_rc != 0  # only enrolled devices get in
+        finally:
+            anonymous.close()
+            stranger.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
