@@ -7,8 +7,8 @@
 (b) and (c) are driven by `wrk` (C, from Debian) with a Lua script for the body, so the load
 generator does not take the server's CPU the way a Python client would; wrk's own CPU share of
 the machine is printed. Models: a MobileNetV2-shaped CNN at 224x224 (random weights) and the
-digits MLP. (a) is measured before and after the servers and averaged, so drift on a shared
-machine hits the baseline and the servers alike.
+digits MLP. Both servers stay up and (a), (b), (c) are measured in turn, round after round; each
+figure is the median over the rounds, so drift on a shared machine hits them alike.
 
 Headline (last line, one JSON object): cnn_ratio_vs_bare = (b)/(a) and cnn_ratio_vs_naive =
 (b)/(c) in images/s at 16 connections; mlp_p50_overhead_us = p50 of (b) at one connection minus
@@ -204,41 +204,58 @@ def naive_server(model: Path, threads: int, workdir: Path) -> Server:
 def measure_model(label: str, model: Path, x: np.ndarray, threads: int, args: argparse.Namespace,
                   workdir: Path, connections: list[int], agent_threads: int | None = None,
                   agent_workers: int = 1) -> dict[str, Any]:
-    """(a) before, (b) and (c) at each connection count, (a) after."""
-    result: dict[str, Any] = {"threads": threads}
+    """(a), (b) and (c) interleaved round by round with both servers up; medians over the rounds.
+
+    On a shared machine the background load changes from second to second; measuring the three
+    in turn, several times, lets the load hit all of them alike instead of one of them.
+    """
     d = args.duration_s
-    bare_before = bare_loop(model, x, threads, d / 2)
     body, headers = binary_body("input", x)
     naive_body = json.dumps({"data": x.tolist()}).encode()
     agent = agent_server(model, agent_threads or threads, args.max_batch_size, agent_workers)
+    naive = None
+    rounds: list[dict[str, Any]] = []
     try:
-        for c in connections:
-            run_wrk(f"http://127.0.0.1:{agent.port}/v2/models/m/infer", body, headers, c, 1, workdir)  # warm
-            result[f"agent_c{c}"] = run_wrk(f"http://127.0.0.1:{agent.port}/v2/models/m/infer", body, headers,
-                                            c, d, workdir)
+        naive = naive_server(model, threads, workdir)
+        agent_url = f"http://127.0.0.1:{agent.port}/v2/models/m/infer"
+        naive_url = f"http://127.0.0.1:{naive.port}/predict"
+        for c in connections:  # warm both servers' connection paths and sessions
+            run_wrk(agent_url, body, headers, c, 1, workdir)
+            run_wrk(naive_url, naive_body, {"Content-Type": "application/json"}, c, 1, workdir)
+        for _ in range(args.rounds):
+            r: dict[str, Any] = {"bare": bare_loop(model, x, threads, d / 2)}
+            for c in connections:
+                r[f"agent_c{c}"] = run_wrk(agent_url, body, headers, c, d, workdir)
+                r[f"naive_c{c}"] = run_wrk(naive_url, naive_body, {"Content-Type": "application/json"}, c, d, workdir)
+            rounds.append(r)
     finally:
         agent.close()
-    naive = naive_server(model, threads, workdir)
-    try:
-        for c in connections:
-            result[f"naive_c{c}"] = run_wrk(f"http://127.0.0.1:{naive.port}/predict", naive_body,
-                                            {"Content-Type": "application/json"}, c, d, workdir)
-    finally:
-        naive.close()
-    bare_after = bare_loop(model, x, threads, d / 2)
-    result["bare"] = {"per_s": (bare_before["per_s"] + bare_after["per_s"]) / 2,
-                      "p50_us": (bare_before["p50_us"] + bare_after["p50_us"]) / 2,
-                      "per_s_before": bare_before["per_s"], "per_s_after": bare_after["per_s"]}
+        if naive is not None:
+            naive.close()
+
+    def median(key: str, field: str) -> float:
+        return float(statistics.median(r[key][field] for r in rounds))
+
+    result: dict[str, Any] = {"threads": threads, "rounds": len(rounds)}
+    result["bare"] = {"per_s": median("bare", "per_s"), "p50_us": median("bare", "p50_us"),
+                      "per_s_rounds": [round(r["bare"]["per_s"], 1) for r in rounds]}
+    for key in rounds[0]:
+        if key == "bare":
+            continue
+        result[key] = {f: median(key, f) for f in ("req_s", "p50_us", "p99_us", "client_cpu_share")}
+        result[key]["errors"] = sum(r[key]["socket_errors"] + r[key]["non2xx"] for r in rounds)
+        result[key]["req_s_rounds"] = [round(r[key]["req_s"], 1) for r in rounds]
     print(f"\n{label}: input {list(x.shape)}, {len(body)} B binary / {len(naive_body)} B JSON, "
-          f"{threads} intra-op thread(s); agent {agent_workers} worker(s) x {agent_threads or threads} thread(s)")
-    print(f"  (a) bare ORT batch 1     {result['bare']['per_s']:9.1f} /s   p50 {result['bare']['p50_us']:8.1f} µs"
-          f"   (before {bare_before['per_s']:.1f}, after {bare_after['per_s']:.1f})")
+          f"{threads} intra-op thread(s); agent {agent_workers} worker(s) x {agent_threads or threads} thread(s); "
+          f"median of {len(rounds)} interleaved rounds")
+    print(f"  (a) bare ORT batch 1            {result['bare']['per_s']:9.1f} /s   p50 {result['bare']['p50_us']:8.1f} µs"
+          f"   rounds {result['bare']['per_s_rounds']}")
     for c in connections:
         for kind in ("agent", "naive"):
-            r = result[f"{kind}_c{c}"]
+            m = result[f"{kind}_c{c}"]
             name = "(b) agent binary" if kind == "agent" else "(c) naive FastAPI JSON"
-            print(f"  {name:24s} c={c:<3d}{r['req_s']:9.1f} /s   p50 {r['p50_us']:8.0f} µs   p99 {r['p99_us']:8.0f} µs"
-                  f"   errors {r['socket_errors'] + r['non2xx']}   wrk CPU {100 * r['client_cpu_share']:.1f} %")
+            print(f"  {name:24s} c={c:<3d}{m['req_s']:9.1f} /s   p50 {m['p50_us']:8.0f} µs   p99 {m['p99_us']:8.0f} µs"
+                  f"   errors {m['errors']}   wrk CPU {100 * m['client_cpu_share']:.1f} %   rounds {m['req_s_rounds']}")
     return result
 
 
@@ -247,6 +264,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs (under 60 s in all)")
     parser.add_argument("--duration-s", type=float, default=None, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2, quick 1)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--cnn-threads", type=int, default=None, help="default: the CPUs this process may use")
     parser.add_argument("--mlp-threads", type=int, default=1)
@@ -257,7 +275,8 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
-    args.duration_s = args.duration_s or (4.0 if args.quick else 15.0)
+    args.duration_s = args.duration_s or (3.0 if args.quick else 8.0)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     cnn_threads = args.cnn_threads or RuntimeOptions().resolved_intra_op_threads()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         workdir = Path(tmp)
@@ -265,7 +284,9 @@ def main() -> int:
         mlp = train_digits_mlp(workdir / "mlp")
         x_cnn = cnn.golden.inputs[:1].astype(np.float32)
         x_mlp = mlp.golden.inputs[:1].astype(np.float32)
-        print(f"machine: {os.cpu_count()} CPUs; wrk -t1; each run {args.duration_s:.0f} s")
+        load = os.getloadavg()[0]
+        print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at start; wrk -t1; "
+              f"runs of {args.duration_s:.0f} s")
         cnn_result = measure_model("MobileNetV2-like CNN 224x224", cnn.path, x_cnn, cnn_threads, args, workdir,
                                    [args.connections], args.cnn_agent_threads, args.cnn_agent_workers)
         mlp_result = measure_model("digits MLP 64-128-10", mlp.path, x_mlp, args.mlp_threads, args, workdir,
@@ -285,8 +306,9 @@ def main() -> int:
         "mlp_naive_per_s": mlp_result[f"naive_c{c}"]["req_s"],
         "client_cpu_share_max": max(r["client_cpu_share"] for res in (cnn_result, mlp_result)
                                     for k, r in res.items() if k.startswith(("agent_", "naive_"))),
-        "errors": sum(r["socket_errors"] + r["non2xx"] for res in (cnn_result, mlp_result)
+        "errors": sum(r["errors"] for res in (cnn_result, mlp_result)
                       for k, r in res.items() if k.startswith(("agent_", "naive_"))),
+        "rounds": args.rounds,
         "connections": c,
         "cnn_threads": cnn_threads,
         "cnn_agent_workers": args.cnn_agent_workers,
