@@ -8,8 +8,9 @@ The signed target is the only authority on length and hash. The stager:
 - resumes from an existing `.part` with `Range`, re-hashing the bytes it already has, and starts
   over when a server answers 200 instead of 206;
 - reads at most `length + 1` bytes in total, so endless data stops one byte past the signed length;
-- hashes while streaming and writes on a separate thread, so socket, hash and disk overlap (a
-  download-then-hash-then-write loop runs at the sum of the three costs, this at the slowest one);
+- hashes and writes on two worker threads while the calling thread receives, so socket, hash and
+  disk overlap (a download-then-hash-then-write loop runs at the sum of the three costs, this at the
+  slowest one when the cores are free);
 - enforces an overall deadline and a minimum average speed after a grace period (slow retrieval);
 - keeps at most one partial file: others are removed before a new download starts.
 
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class StagingConfig:
     chunk_bytes: int = 1 << 20
-    buffers: int = 8  # chunks in flight between the reading and the writing thread
+    buffers: int = 8  # chunks in flight between the reading thread and each worker
     deadline_s: float = 3600.0
     min_speed_bytes_per_s: float = 16 * 1024
     min_speed_grace_s: float = 10.0
@@ -221,19 +222,24 @@ class Stager:
 
     def _pump(self, target: SignedTarget, src: FetchStream, out: io.FileIO, hasher: hashlib._Hash,
               offset: int, deadline: float, progress: ProgressHook | None) -> int:
-        """Read → hash on this thread, write on a worker thread; a bounded queue of chunks between them.
+        """Read on this thread; hash and write on two worker threads that take the same chunks.
 
-        Each chunk is the bytes object the source returned: hashed and written without another copy.
+        Receiving, hashing and writing each release the GIL, so on two or more cores the three overlap
+        and staging runs at the speed of the slowest one instead of the sum. Each chunk is the bytes
+        object the source returned, shared by both workers without a copy. The kernel writes dirty
+        pages back while the download runs; one fsync at the end makes the file durable.
         """
         cfg = self.config
-        work: queue.Queue[bytes | None] = queue.Queue(maxsize=cfg.buffers)
+        hash_queue: queue.Queue[bytes | None] = queue.Queue(maxsize=cfg.buffers)
+        write_queue: queue.Queue[bytes | None] = queue.Queue(maxsize=cfg.buffers)
         failure: list[BaseException] = []
 
-        def writer() -> None:
-            while True:
-                chunk = work.get()
-                if chunk is None:
-                    return
+        def hash_worker() -> None:
+            while (chunk := hash_queue.get()) is not None:
+                hasher.update(chunk)
+
+        def write_worker() -> None:
+            while (chunk := write_queue.get()) is not None:
                 if failure:
                     continue
                 try:
@@ -244,8 +250,10 @@ class Stager:
                 except BaseException as e:  # handed to the reading thread, which raises it
                     failure.append(e)
 
-        thread = threading.Thread(target=writer, name="stager-writer", daemon=True)
-        thread.start()
+        workers = [threading.Thread(target=hash_worker, name="stager-hash", daemon=True),
+                   threading.Thread(target=write_worker, name="stager-write", daemon=True)]
+        for worker in workers:
+            worker.start()
         position = offset
         received = 0
         started = self.monotonic()
@@ -263,8 +271,8 @@ class Stager:
                     break
                 if position + n > target.length:
                     raise IntegrityError(f"{target.name}: source sent more than the signed {target.length} bytes")
-                hasher.update(chunk)
-                work.put(chunk)
+                hash_queue.put(chunk)
+                write_queue.put(chunk)
                 position += n
                 received += n
                 now = self.monotonic()
@@ -279,8 +287,10 @@ class Stager:
                 if progress is not None:
                     progress(position, target.length)
         finally:
-            work.put(None)
-            thread.join()
+            hash_queue.put(None)
+            write_queue.put(None)
+            for worker in workers:
+                worker.join()
         if failure:
             raise failure[0]
         if position < target.length:
