@@ -97,7 +97,8 @@ class DemoDevice:
         values = {"device_id": self.device_id, "state_dir": "state", "hardware_probe_root": str(self.probe_root),
                   "repository_metadata_url": f"{repo}/metadata/", "repository_targets_url": f"{repo}/",
                   "server_port": self.server_port, "server_threads": 1, "mqtt_reconnect_max_s": 2,
-                  "gate_latency_rounds": 60, "probation_poll_interval_s": 0.25, **options}
+                  "gate_latency_rounds": 60, "probation_poll_interval_s": 0.25,
+                  "telemetry_sample_every_s": 2.0, "telemetry_batch_every_s": 4.0, **options}
         self.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
 
     def start(self) -> None:

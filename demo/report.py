@@ -6,13 +6,16 @@ events) and from the demo's own clients of each device's inference endpoint; not
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
+from controller.db.base import utcnow
 from controller.db.models import Device, DeviceEvent
+from controller.telemetry import queries
 from demo.scenario import Scenario
 
 
@@ -58,10 +61,20 @@ def _why(events: list[DeviceEvent], version: str | None) -> tuple[str, str]:
     return "—", "—"
 
 
+def _served(session: Any, device_id: str, version: str | None) -> str:
+    """p50/p95 the device itself measured while serving `version` (telemetry, merged histograms)."""
+    now = utcnow()
+    figures = queries.grouped(session, now - timedelta(hours=1), now + timedelta(seconds=1), "version",
+                              device_id=device_id).get(str(version))
+    if not figures or figures.get("p50_ms") is None:
+        return "—"
+    return f"{figures['p50_ms']:.3f} / {figures['p95_ms']:.3f}\n({figures['requests']} requests)"
+
+
 def print_summary(scenario: Scenario, console: Console) -> None:
     table = Table(title="edgefleet demo: the fleet at the end", show_lines=True)
     for column in ("device", "hardware class", "runs", "variant and why", "gate p50 / p95 ms",
-                   "client p50 / p95 ms", "last events"):
+                   "telemetry p50 / p95 ms", "client p50 / p95 ms", "last events"):
         table.add_column(column, overflow="fold")
     with scenario.host.ctx.session_factory() as session:
         for row in session.scalars(select(Device).order_by(Device.id)):
@@ -71,10 +84,11 @@ def print_summary(scenario: Scenario, console: Console) -> None:
             client = demo_device.traffic.percentiles(row.current_version or "") if demo_device else None
             lifecycle = [e for e in events if e.kind not in ("status", "online", "offline")][:4]
             last = "\n".join(f"{e.kind} v{(e.detail or {}).get('version')}" for e in reversed(lifecycle))
+            served = _served(session, row.id, row.current_version)
             table.add_row(
                 row.id, row.hardware_class,
                 f"{row.current_model or '—'} v{row.current_version or '—'}" + ("" if row.online else " (offline)"),
-                f"{row.current_variant or '—'}\n{why}", gate,
+                f"{row.current_variant or '—'}\n{why}", gate, served,
                 f"{client[0]:.2f} / {client[1]:.2f}" if client else "—", last or "—",
             )
     console.print(table)

@@ -17,7 +17,8 @@ from html import escape
 WIDTH_PX = 760
 HEIGHT_PX = 260
 MARGIN_LEFT_PX = 58
-MARGIN_RIGHT_PX = 130
+MARGIN_RIGHT_PX = 190
+LEGEND_CHARS = 28
 MARGIN_Y_PX = 24
 PALETTE = ("#2563eb", "#d97706", "#dc2626", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d")
 
@@ -114,7 +115,7 @@ def line_chart(title: str, series: Sequence[Series], markers: Sequence[Marker] =
         out.append(f'<rect x="{WIDTH_PX - MARGIN_RIGHT_PX + 14}" y="{ly - 9}" width="12" height="4" '
                    f'fill="{color}"/>')
         out.append(f'<text x="{WIDTH_PX - MARGIN_RIGHT_PX + 32}" y="{ly - 3}" class="legend">'
-                   f'{escape(s.name)}</text>')
+                   f'{escape(s.name[:LEGEND_CHARS])}</text>')
     out.append(f'<text x="{MARGIN_LEFT_PX}" y="{HEIGHT_PX - 6}" class="tick">{escape(x_labels[0])}</text>')
     out.append(f'<text x="{MARGIN_LEFT_PX + plot_w}" y="{HEIGHT_PX - 6}" text-anchor="end" class="tick">'
                f'{escape(x_labels[1])}</text>')
@@ -123,7 +124,8 @@ def line_chart(title: str, series: Sequence[Series], markers: Sequence[Marker] =
 
 
 def scatter_chart(title: str, groups: Sequence[Series], *, x_label: str = "latency (ms)",
-                  y_label: str = "accuracy", point_labels: Sequence[Sequence[str]] = ()) -> str:
+                  y_label: str = "accuracy", point_labels: Sequence[Sequence[str]] = (),
+                  point_titles: Sequence[Sequence[str]] = ()) -> str:
     """One colour per group (hardware class); x = latency, y = accuracy; labels name the variant."""
     xs = [x for g in groups for x, _ in g.points]
     ys = [y for g in groups for _, y in g.points]
@@ -155,16 +157,18 @@ def scatter_chart(title: str, groups: Sequence[Series], *, x_label: str = "laten
     for index, g in enumerate(groups):
         color = PALETTE[index % len(PALETTE)]
         labels = point_labels[index] if index < len(point_labels) else ()
+        titles = point_titles[index] if index < len(point_titles) else labels
         for j, (x, y) in enumerate(g.points):
             label = labels[j] if j < len(labels) else ""
+            tip = titles[j] if j < len(titles) else label
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="{color}" fill-opacity="0.8">'
-                       f'<title>{escape(g.name)} {escape(label)}: {x:.3g} ms, {y:.4f}</title></circle>')
+                       f'<title>{escape(g.name)} {escape(tip)}: {x:.3g} ms, {y:.4f}</title></circle>')
             if label:
                 out.append(f'<text x="{px(x) + 7:.1f}" y="{py(y) - 6:.1f}" class="point-label">'
                            f'{escape(label)}</text>')
         ly = MARGIN_Y_PX + 14 + index * 18
         out.append(f'<circle cx="{WIDTH_PX - MARGIN_RIGHT_PX + 20}" cy="{ly - 7}" r="5" fill="{color}"/>')
         out.append(f'<text x="{WIDTH_PX - MARGIN_RIGHT_PX + 32}" y="{ly - 3}" class="legend">'
-                   f'{escape(g.name)}</text>')
+                   f'{escape(g.name[:LEGEND_CHARS])}</text>')
     out.append("</svg>")
     return "\n".join(out)

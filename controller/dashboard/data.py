@@ -166,6 +166,12 @@ def _gate_points(session: Session, name: str, version: str) -> Iterable[dict[str
                "reasons": details.get("reasons") or ""}
 
 
+def variant_id(target: object) -> str:
+    """'models/digits/2/openvino-fp16.tar' or 'openvino-fp16.tar' → 'openvino-fp16' (the build's variant id)."""
+    leaf = str(target).rsplit("/", 1)[-1]
+    return leaf.split(".", 1)[0] if "." in leaf else leaf
+
+
 def release(session: Session, name: str, version: str) -> dict[str, Any] | None:
     r = session.scalar(select(ModelRelease).where(ModelRelease.name == name, ModelRelease.version == version))
     if r is None:
@@ -189,16 +195,18 @@ def release(session: Session, name: str, version: str) -> dict[str, Any] | None:
     for g in gates:
         if isinstance(g["accuracy"], (int, float)) and isinstance(g["p50_ms"], (int, float)):
             groups.setdefault(f"gate: {g['hardware_class']}", []).append(
-                (float(g["p50_ms"]), float(g["accuracy"]), str(g["variant"])))
+                (float(g["p50_ms"]), float(g["accuracy"]), variant_id(g["variant"])))
     for m in measured:
-        acc = accuracy_of.get(str(m["variant"]))
+        acc = accuracy_of.get(variant_id(m["variant"]))
         if acc is not None and m.get("p50_ms") is not None:
             groups.setdefault(f"live: {m['hardware_class']}", []).append(
-                (float(m["p50_ms"]), float(acc), str(m["variant"])))
+                (float(m["p50_ms"]), float(acc), variant_id(m["variant"])))
     chart = scatter_chart(
         "accuracy vs latency p50 per hardware class",
         [Series(k, [(x, y) for x, y, _ in pts]) for k, pts in groups.items()],
-        point_labels=[[label for _, _, label in pts] for pts in groups.values()],
+        # Only the build host's points are labelled; device points name their variant in a tooltip.
+        point_labels=[[label for _, _, label in pts] if key == "build host" else [] for key, pts in groups.items()],
+        point_titles=[[label for _, _, label in pts] for pts in groups.values()],
     )
     return {
         "name": r.name, "version": r.version, "status": r.status, "progress": r.progress,
