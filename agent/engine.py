@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 from agent.gate import Gate, GateInput
 from agent.hardware.profile import HardwareProfile
 from agent.selection import select
-from agent.slots import FileSlotStore, ModelRef, SlotError, SlotStore
+from agent.slots import FileSlotStore, ModelRef, SlotError, SlotStore, heal_current
 from agent.staging import Fetcher, Stager, StagingError, TargetLocator
 from agent.staging.packages import entry_for, runtime_extra
 from agent.state import (
@@ -54,21 +53,19 @@ from agent.state.ports import (
     Probation,
     ProbationResult,
     Reporter,
-    StateTimeout,
     SystemClock,
     UpdateEvent,
     UpdateOutcome,
+    run_with_timeout,
 )
 from manifests.errors import TrustError
 from manifests.verify import SignedTarget, VerifiedPlan
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "Activator", "ActiveModel", "Clock", "EngineConfig", "Fetcher", "LogReporter", "Probation", "ProbationResult",
-    "Reporter", "SlotStore", "SystemClock", "UpdateEngine", "UpdateEvent", "UpdateOutcome", "plan_from_json",
-    "plan_to_json",
-]
+__all__ = ["Activator", "ActiveModel", "Clock", "EngineConfig", "Fetcher", "LogReporter", "Probation",
+           "ProbationResult", "Reporter", "SlotStore", "SystemClock", "UpdateEngine", "UpdateEvent", "UpdateOutcome",
+           "plan_from_json", "plan_to_json"]
 
 
 @dataclass(frozen=True)
@@ -127,7 +124,7 @@ class UpdateEngine:
             self._journal = Journal()
         j = self._journal
         if j.state is State.IDLE:
-            self._check_served_model()
+            heal_current(self.slots)
             return None
         if j.store_count > 2 * self.config.max_store_count:
             # Even rollback and cleanup keep crashing: stop, keep whatever `current` names.
@@ -140,7 +137,7 @@ class UpdateEngine:
                 reason = f"restart_loop: store count {j.store_count} past {self.config.max_store_count}"
             self._enter(nxt, None, reason, {"restarts": j.restarts + 1})
             self._drive()
-        self._check_served_model()
+        heal_current(self.slots)
         return self._outcome()
 
     def apply(self, plan: VerifiedPlan) -> UpdateOutcome:
@@ -211,23 +208,8 @@ class UpdateEngine:
             timeout_s = self._plan().assignment.probation.window_s + self.config.probation_grace_s
         if timeout_s is None:
             return action()
-        result: list[_Step] = []
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                result.append(action())
-            except BaseException as e:
-                failure.append(e)
-
-        worker = threading.Thread(target=run, name=f"update-{state.value.lower()}", daemon=True)
-        worker.start()
-        worker.join(timeout_s)
-        if worker.is_alive():
-            raise StateTimeout(f"{state.value} did not finish within {timeout_s} s")
-        if failure:
-            raise failure[0]
-        return result[0]
+        return run_with_timeout(action, timeout_s, f"update-{state.value.lower()}",
+                                f"{state.value} did not finish within {timeout_s} s")
 
     def _hook(self, step: str) -> None:
         if self.crash_hook is not None:
@@ -256,19 +238,6 @@ class UpdateEngine:
     def _served(self) -> ActiveModel | None:
         ref = self.slots.current()
         return ActiveModel(ref, self.slots.path(ref)) if ref is not None else None
-
-    def _check_served_model(self) -> None:
-        """After a crash, serve only a slot whose bytes still hash right; else fall back to previous."""
-        try:
-            current = self.slots.current()
-            if current is None or self.slots.verify(current):
-                return
-            log.error("current model %s fails its hash check", current.sha256)
-            previous = self.slots.previous()
-            if previous is not None and self.slots.verify(previous):
-                self.slots.set_current(previous)
-        except SlotError as e:
-            log.error("model pointers unreadable: %s", e)
 
     def _outcome(self) -> UpdateOutcome:
         j = self._journal

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from typing import Protocol
 
 from agent.state.journal import fsync_dir, write_atomic
 
+log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_POINTER_BYTES = 64 * 1024
@@ -206,3 +208,17 @@ class FileSlotStore:
         except FileNotFoundError:
             return False
         return digest.hexdigest() == ref.sha256
+
+
+def heal_current(slots: SlotStore) -> None:
+    """At start-up, serve only a slot whose bytes still hash right; else fall back to `previous`."""
+    try:
+        current = slots.current()
+        if current is None or slots.verify(current):
+            return
+        log.error("current model %s fails its hash check", current.sha256)
+        previous = slots.previous()
+        if previous is not None and slots.verify(previous):
+            slots.set_current(previous)
+    except SlotError as e:
+        log.error("model pointers unreadable: %s", e)

@@ -21,12 +21,13 @@ Ports and who implements them in production:
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from agent.slots import ModelRef
 from agent.staging import StagingConfig
@@ -113,6 +114,33 @@ class LogReporter:
 
 class StateTimeout(Exception):
     """A state's work did not finish within its timeout (treated as a failure of that state)."""
+
+
+T = TypeVar("T")
+
+
+def run_with_timeout(fn: Callable[[], T], timeout_s: float, thread_name: str, message: str) -> T:
+    """Run `fn` on a daemon thread; raise StateTimeout(message) if it is not done in `timeout_s`.
+
+    The thread cannot be stopped: a port that hangs and later wakes up must not act on its own.
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:  # re-raised on the caller's thread, crashes included
+            failure.append(e)
+
+    worker = threading.Thread(target=run, name=thread_name, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise StateTimeout(message)
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 # DOWNLOAD and GATE have their own bounds (the stager's deadline, the gate child's timeout); these
