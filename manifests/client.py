@@ -2,13 +2,22 @@
 
 ```
  envelope bytes ──▶ check_assignment ──▶ Updater.refresh (staging dir) ──▶ check_image_fresh
-                    (pure, verify.py)     (tuf.ngclient, pluggable fetcher)    ──▶ match_targets ──▶ save state
+                    (pure, verify.py)     (tuf.ngclient, pluggable fetcher)    ──▶ match_targets
+   check() ─────────────────────────────────────────────────────────────────▶ Verification(plan)
+   commit(verification) ──▶ re-check against the state on disk ──▶ save state (version, time, metadata)
 ```
 
 The trusted state lives in ONE file written atomically (temp file in the same folder, fsync, os.replace,
 fsync of the folder). python-tuf's Updater works on a throw-away staging folder seeded from that state;
 its results are copied into the new state only when every check passed. So a refusal at any step, or a
 power cut at any moment, leaves the persisted state exactly as it was.
+
+Two phases, because accepting an assignment raises the replay floor: once the new version is saved the
+same envelope is refused as a replay, so the caller must hold the plan durably *before* that happens.
+`check()` verifies and persists nothing; the caller writes the plan to its own journal, then calls
+`commit()`. A crash between the two leaves the old version on disk and the plan in the caller's
+journal: nothing is lost, and the worst case is verifying the same envelope twice. `verify()` is both
+steps at once, for callers with nothing to persist in between.
 
 Deliberately not here: downloading target bytes (the agent's stager does that, bounded by the signed
 length and hash in the VerifiedPlan) and choosing a variant (agent/selection.py).
@@ -19,10 +28,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 
 from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
@@ -32,6 +42,7 @@ from manifests.director import MAX_ENVELOPE_BYTES
 from manifests.errors import Reason, RepositoryUnavailable, TrustError
 from manifests.state import IMAGE_ROLES, TrustedState
 from manifests.verify import (
+    CheckedAssignment,
     VerifiedPlan,
     check_assignment,
     check_image_fresh,
@@ -59,6 +70,16 @@ class ImageRepoSource:
 
     metadata_base_url: str
     fetcher: FetcherInterface | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A fully verified assignment that is not accepted yet: `TrustClient.commit` persists it."""
+
+    plan: VerifiedPlan
+    checked: CheckedAssignment
+    image_metadata: Mapping[str, bytes]
+    verified_at: datetime
 
 
 _STAGING_PREFIX = "tuf-staging-"
@@ -150,6 +171,12 @@ class TrustClient:
 
     def verify(self, envelope: bytes) -> VerifiedPlan:
         """Run every check; on success persist the new trusted state and return the plan."""
+        verification = self.check(envelope)
+        self.commit(verification)
+        return verification.plan
+
+    def check(self, envelope: bytes) -> Verification:
+        """Run every check against the persisted state and the image repository; persist nothing."""
         state = self.state()
         now = self.clock()
         checked = check_assignment(envelope, state, now, max_envelope_bytes=self.limits.max_envelope_bytes)
@@ -158,8 +185,26 @@ class TrustClient:
         plan = match_targets(
             checked.assignment, signed_targets(image_metadata["targets"]), state.release_floors
         )
-        self._save(next_state(state, checked, image_metadata, now))
-        return plan
+        return Verification(plan, checked, MappingProxyType(dict(image_metadata)), now)
+
+    def commit(self, verification: Verification) -> None:
+        """Accept a checked assignment: persist its version, the trusted time and the image metadata.
+
+        The state on disk may have moved since `check` (another commit, a raised floor), so the checks
+        that depend on it run again first; a refusal raises TrustError and leaves the file unchanged.
+        """
+        state = self.state()
+        a = verification.checked.assignment
+        if a.version <= state.assignment_version:
+            raise TrustError(
+                Reason.REPLAYED,
+                f"assignment version {a.version} is not above the last accepted {state.assignment_version}",
+            )
+        match_targets(
+            a, signed_targets(verification.image_metadata["targets"]), state.release_floors
+        )
+        self._save(next_state(state, verification.checked, verification.image_metadata,
+                              verification.verified_at))
 
     def raise_release_floor(self, model: str, release_counter: int) -> None:
         """Called once a release commits: older release_counters of `model` are refused from now on."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -19,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=None, help="overrides log_level from the config")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, crash_hook: Callable[[str], None] | None = None) -> int:
+    """`crash_hook` is for fault-injection harnesses (see `Daemon`); the command line never sets it."""
     from agent.daemon.config import load_config
     from agent.daemon.daemon import Daemon
     from agent.daemon.errors import DaemonError
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     level = (args.log_level or config.log_level).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return Daemon(config).run()
+        return Daemon(config, crash_hook=crash_hook).run()
     except DaemonError as e:
         logging.getLogger("agent.daemon").error("%s", e)
         return 2

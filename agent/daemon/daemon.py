@@ -9,9 +9,12 @@ the broker or the repository are doing, so the committed model is loaded first. 
 a crash during ACTIVATE/PROBATION/ROLLBACK is the model the journal will roll back to, not the
 unproven one the `current` pointer may already name.
 
-Persist, then act: a verified plan is written to `pending-plan.json` before the engine journals it,
-so a crash between the trust state's version bump and the engine's first journal write does not
-lose the assignment (the retained copy would now be refused as a replay).
+Persist, then accept: an envelope is verified without touching the trust state (`TrustClient.check`),
+its plan is written to `pending-plan.json`, the envelope is marked handled, and only then is the new
+assignment version committed to `trust.json`. A crash at any point leaves either nothing (the retained
+copy is verified again) or the pending plan (carried out on restart; a version not committed yet is
+accepted with the retained copy's second pass or the next assignment). Committing first would open a
+window in which the retained copy is already a replay and the plan exists nowhere.
 
 A SIGTERM during an update waits `shutdown_grace_s` for the worker; after that the process exits
 without running further update steps, exactly as after a power cut, and the journal resumes the
@@ -26,6 +29,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -54,8 +58,13 @@ _ROLLING_BACK = (State.ACTIVATE, State.PROBATION, State.ROLLBACK)
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, notifier: SystemdNotifier | None = None) -> None:
+    """`crash_hook(step)` is called at named points of taking an assignment ("verified", "pending",
+    "handled", "committed") so fault-injection harnesses can kill the process exactly there."""
+
+    def __init__(self, config: DaemonConfig, notifier: SystemdNotifier | None = None,
+                 crash_hook: Callable[[str], None] | None = None) -> None:
         self.config = config
+        self.crash_hook = crash_hook
         self.notifier = notifier or SystemdNotifier()
         self.slots = FileSlotStore(config.engine_root)
         self.inbox = AssignmentInbox(config.state_dir / "handled-assignment.sha256")
@@ -271,8 +280,9 @@ class Daemon:
     def _handle(self, payload: bytes) -> None:
         from manifests.errors import RepositoryUnavailable, TrustError
 
+        trust = self._get_trust()
         try:
-            plan = self._get_trust().verify(payload)
+            verification = trust.check(payload)
         except RepositoryUnavailable as e:
             log.warning("image repository unreachable, retrying in %.0f s: %s", RETRY_UNREACHABLE_S, e)
             self.inbox.put_back(payload)
@@ -287,10 +297,25 @@ class Daemon:
             return
         from agent.state.codec import plan_to_json
 
+        plan = verification.plan
+        self._hook("verified")
         write_atomic(self._pending_path, plan_to_json(plan).encode("utf-8"))
+        self._hook("pending")
         self.inbox.mark_handled(payload)
+        self._hook("handled")
+        try:
+            trust.commit(verification)
+        except (TrustError, OSError) as e:
+            self._pending_path.unlink(missing_ok=True)
+            self._reject(payload, e.reason.value if isinstance(e, TrustError) else type(e).__name__, str(e))
+            return
+        self._hook("committed")
         self._apply(plan)
         self._reconcile()
+
+    def _hook(self, step: str) -> None:
+        if self.crash_hook is not None:
+            self.crash_hook(step)
 
     def _apply(self, plan: VerifiedPlan) -> None:
         from agent.state import Status

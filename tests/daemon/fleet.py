@@ -236,12 +236,13 @@ class AgentProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_port}"
 
-    def start(self) -> None:
+    def start(self, command: Sequence[str] = ("agent.cli", "run"), **env_extra: str) -> None:
+        """Start `python -m <command> --config …` (a test runner of the same daemon may stand in)."""
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), "WATCHDOG_USEC": "400000",
-               "PYTHONPATH": str(REPO_ROOT)}
+               "PYTHONPATH": str(REPO_ROOT), **env_extra}
         env.pop("WATCHDOG_PID", None)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(self.config_path)],
+            self.proc = subprocess.Popen([sys.executable, "-m", *command, "--config", str(self.config_path)],
                                          cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
