@@ -42,17 +42,16 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Any
 
 from agent import wire
+
+if TYPE_CHECKING:  # imported where used: the daemon reads Identity and identity_problems without them
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 TOKEN_ENV = "EDGEFLEET_ENROLLMENT_TOKEN"
 MAX_ANSWER_BYTES = 2 * 1024 * 1024
@@ -128,12 +127,16 @@ class Identity:
         return value
 
 
-def identity_problems(state_dir: Path) -> list[str]:
+def identity_problems(state_dir: Path, also: Sequence[Path] = ()) -> list[str]:
     """Secrets of an enrolled device that others could read or swap (empty when none); the daemon
-    refuses to start on any, because a readable device key lets another local user impersonate it."""
+    refuses to start on any, because a readable device key lets another local user impersonate it.
+
+    `also` adds secret files kept outside the state folder (a configured TLS key or password file).
+    """
     identity = Identity(state_dir)
     problems = []
-    for path in (identity.key_path, identity.password_path, identity.trust_path):
+    paths = dict.fromkeys((identity.key_path, identity.password_path, identity.trust_path, *also))
+    for path in paths:
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -157,6 +160,9 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 def load_or_create_key(identity: Identity, *, new_key: bool = False) -> ec.EllipticCurvePrivateKey:
     """The device key: reused after an interrupted run, created (0600) the first time."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if identity.key_path.exists() and not new_key:
         key = serialization.load_pem_private_key(identity.key_path.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -172,6 +178,10 @@ def load_or_create_key(identity: Identity, *, new_key: bool = False) -> ec.Ellip
 
 def build_csr(key: ec.EllipticCurvePrivateKey, requested_id: str | None) -> str:
     # The controller decides the subject; the CN here is only a hint and the signature is the point.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, requested_id or "edgefleet-device")])
     csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
@@ -216,6 +226,11 @@ def _field(obj: dict[str, Any], name: str, kind: type) -> Any:
 
 def check_answer(answer: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> tuple[str, x509.Certificate]:
     """The device id, after checking the certificate binds our key, names the id and chains to the CA."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
     device_id = _field(answer, "device_id", str)
     if not wire.is_device_id(device_id):
         raise BadEnrollmentAnswer(f"device id {device_id!r:.80} is not a valid device id")
@@ -246,6 +261,8 @@ def check_answer(answer: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> tup
 
 
 def store_enrollment(identity: Identity, answer: dict[str, Any], device_id: str, cert: x509.Certificate) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     from manifests.client import TrustClient
     from manifests.errors import TrustError
 

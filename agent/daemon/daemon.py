@@ -112,6 +112,7 @@ class Daemon:
     def start(self) -> None:
         for folder in (self.config.state_dir, self.config.engine_root):
             folder.mkdir(parents=True, exist_ok=True)
+        self._check_identity()
         self._enroll_if_needed()
         self._write_runtime("starting")
         restore_error = self._serve_committed()
@@ -165,6 +166,16 @@ class Daemon:
         self.request_stop()
 
     # --- start-up -------------------------------------------------------------------------------
+
+    def _check_identity(self) -> None:
+        """Refuse to run with secrets another local user could read: they could impersonate the device."""
+        from agent.enroll import identity_problems
+
+        c = self.config
+        secrets = [p for p in (c.mqtt_key_file, c.mqtt_password_file) if p is not None]
+        problems = identity_problems(c.state_dir, secrets)
+        if problems:
+            raise DaemonError("refusing to start: " + "; ".join(problems))
 
     def _enroll_if_needed(self) -> None:
         c = self.config
