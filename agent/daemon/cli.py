@@ -1,8 +1,8 @@
 """`edgefleet-agent run --config DEVICE.toml`: the device daemon (see `agent.daemon`).
 
 Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when the update worker died (a service
-manager should restart the agent), 2 for a configuration or enrollment problem, or identity files others can read (restarting unchanged
-will not help; the message says what to fix).
+manager should restart the agent), 2 for a configuration or enrollment problem, or identity files
+other users can read (restarting unchanged will not help; the message says what to fix).
 """
 
 from __future__ import annotations
