@@ -27,6 +27,7 @@ from controller.db.base import utcnow
 from controller.db.models import Device, DeviceTag, ModelRelease, Variant
 from controller.devices import record_event, record_presence, record_status
 from controller.rollouts import DeviceInfo, FileRolloutStore, RolloutEngine, RolloutSpec, Selector, WaveSpec
+from controller.samples.tables import SampleRow
 from controller.settings import Settings
 from controller.telemetry.ingest import IngestConfig, TelemetryWriter
 from manifests.assignment import ReleaseRef
@@ -109,6 +110,11 @@ def _seed(ctx: Any) -> None:
                 "model": "digits", "version": "1", "rollout_id": "r-v1", "reason": None,
                 "details": {"candidate": variant, "hardware_class": hw, "accuracy": 0.97, "latency_p50_ms": 0.08,
                             "latency_p95_ms": 0.12, "peak_rss_mb": 61.5, "reasons": ""}})
+        for i, reason in enumerate(("random", "random", "low_confidence")):
+            session.add(SampleRow(device_id="orin-1", sample_id=f"s{i}", model="digits", version="1",
+                                  variant="ort-fp32-cuda", reason=reason, confidence=0.4, captured_at=now,
+                                  size_bytes=300, sha256="3" * 64, object_key=f"samples/orin-1/s{i}",
+                                  status="uploaded"))
         record_event(session, "pi5-1", "gate_failed", {
             "model": "digits", "version": "3", "rollout_id": "r-v3", "reason": "gate_failed",
             "details": {"candidate": "ort-int8", "hardware_class": "rpi5", "accuracy": 0.11,

@@ -82,6 +82,7 @@ def test_device_page_charts_latency_with_the_version_change(browser: Any, live_c
     gates = page.locator("table.gates").inner_text()
     assert "passed" in gates and "ort-fp32-cuda" in gates
     assert "gate_passed" in page.locator("table.events").inner_text()
+    assert page.inner_text("#samples-total") == "3"  # captured samples: 2 random, 1 low confidence
     page.screenshot(path=str(ARTIFACTS / "device.png"), full_page=True)
     page.goto(live_controller.url + "/ui/devices/pi5-1")
     assert "accuracy 0.110 below 0.900" in page.locator("table.gates").inner_text()
