@@ -34,7 +34,7 @@ from manifests.errors import RepositoryWriteError, TrustError
 from manifests.keyring import Keyring
 from manifests.store import ObjectStore
 from manifests.target_names import METADATA_PREFIX, target_store_key, validate_target_name
-from manifests.verify import SignedTarget
+from manifests.verify import RELEASE_FLOORS_FIELD, SignedTarget, parse_release_floors
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,30 @@ class ImageRepository:
         for name in names:
             if current.signed.targets.pop(name, None) is None:
                 raise RepositoryWriteError(f"target {name!r} is not published")
+        self._bump_targets(current)
+
+    def release_floors(self) -> dict[str, int]:
+        """Per-model minimum release_counter currently signed (see `set_release_floor`)."""
+        return parse_release_floors(self.targets().signed.unrecognized_fields.get(RELEASE_FLOORS_FIELD, {}))
+
+    def set_release_floor(self, model: str, release_counter: int) -> None:
+        """Block every release of `model` below `release_counter` on every device, signed by the release key.
+
+        Devices refuse such assignments from their next verification on and persist the floor with the
+        next assignment they accept. Never lowered: a device keeps the highest floor it has seen.
+        """
+        current = self.targets()
+        floors = self.release_floors()
+        if release_counter < floors.get(model, 0):
+            raise RepositoryWriteError(
+                f"release floor of {model!r} is {floors[model]}; floors are never lowered (devices keep theirs)"
+            )
+        floors[model] = release_counter
+        try:
+            floors = parse_release_floors(floors)
+        except TrustError as e:
+            raise RepositoryWriteError(f"refusing release floor: {e}") from e
+        current.signed.unrecognized_fields[RELEASE_FLOORS_FIELD] = floors
         self._bump_targets(current)
 
     def _bump_targets(self, current: Metadata[Targets]) -> None:
