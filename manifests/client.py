@@ -43,11 +43,14 @@ from manifests.errors import Reason, RepositoryUnavailable, TrustError
 from manifests.state import IMAGE_ROLES, TrustedState
 from manifests.verify import (
     CheckedAssignment,
+    SignedTarget,
     VerifiedPlan,
     check_assignment,
     check_image_fresh,
+    effective_floors,
     match_targets,
     next_state,
+    signed_release_floors,
     signed_targets,
 )
 
@@ -79,6 +82,8 @@ class Verification:
     plan: VerifiedPlan
     checked: CheckedAssignment
     image_metadata: Mapping[str, bytes]
+    image_targets: Mapping[str, SignedTarget]
+    signed_floors: Mapping[str, int]
     verified_at: datetime
 
 
@@ -182,10 +187,11 @@ class TrustClient:
         checked = check_assignment(envelope, state, now, max_envelope_bytes=self.limits.max_envelope_bytes)
         image_metadata = self.refresh_image(state)
         check_image_fresh(image_metadata, checked.effective_now)
-        plan = match_targets(
-            checked.assignment, signed_targets(image_metadata["targets"]), state.release_floors
-        )
-        return Verification(plan, checked, MappingProxyType(dict(image_metadata)), now)
+        image_targets = signed_targets(image_metadata["targets"])
+        signed_floors = signed_release_floors(image_metadata["targets"])
+        plan = match_targets(checked.assignment, image_targets, effective_floors(state.release_floors, signed_floors))
+        return Verification(plan, checked, MappingProxyType(dict(image_metadata)), MappingProxyType(image_targets),
+                            MappingProxyType(signed_floors), now)
 
     def commit(self, verification: Verification) -> None:
         """Accept a checked assignment: persist its version, the trusted time and the image metadata.
@@ -200,9 +206,8 @@ class TrustClient:
                 Reason.REPLAYED,
                 f"assignment version {a.version} is not above the last accepted {state.assignment_version}",
             )
-        match_targets(
-            a, signed_targets(verification.image_metadata["targets"]), state.release_floors
-        )
+        match_targets(a, verification.image_targets,
+                      effective_floors(state.release_floors, verification.signed_floors))
         self._save(next_state(state, verification.checked, verification.image_metadata,
                               verification.verified_at))
 

@@ -14,12 +14,14 @@ The checks, in order (each refusal is a TrustError with its Reason; the state va
    (python-tuf uses the raw system clock, which a reset to 1970 would fool).
 4. `match_targets` — every pinned target is listed by the image repository with the same length and
    sha256, its custom fields belong to the assigned release, and its release_counter is not below the
-   persisted floor for that model.
-5. `next_state` — the state to persist once everything passed.
+   floor for that model: the higher of the persisted floor and the one the release key signed in the
+   targets metadata (`release_floors`, see `signed_release_floors`).
+5. `next_state` — the state to persist once everything passed (signed floors become persisted floors).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -161,6 +163,46 @@ def signed_targets(targets_metadata: bytes) -> dict[str, SignedTarget]:
     return out
 
 
+RELEASE_FLOORS_FIELD = "release_floors"
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
+
+
+def signed_release_floors(targets_metadata: bytes) -> dict[str, int]:
+    """Per-model minimum release_counter signed by the release key at the top of the targets metadata.
+
+    `{"release_floors": {"digits": 4}}` in the signed part of targets.json: how an operator blocks a
+    known-bad release fleet-wide. Absent means none; anything but model ids mapped to non-negative
+    integers is refused (image_invalid), never ignored.
+    """
+    md = Metadata[Targets].from_bytes(targets_metadata)
+    return parse_release_floors(md.signed.unrecognized_fields.get(RELEASE_FLOORS_FIELD, {}))
+
+
+def parse_release_floors(raw: object) -> dict[str, int]:
+    """The `release_floors` object, checked (the writer and the verifier use the same rules)."""
+    if not isinstance(raw, dict):
+        raise TrustError(Reason.IMAGE_INVALID, f"targets {RELEASE_FLOORS_FIELD} must be an object, got {raw!r:.80}")
+    floors: dict[str, int] = {}
+    for model, counter in raw.items():
+        if not isinstance(model, str) or not _MODEL_ID.match(model):
+            raise TrustError(Reason.IMAGE_INVALID, f"targets {RELEASE_FLOORS_FIELD}: {model!r:.80} is no model id")
+        if isinstance(counter, bool) or not isinstance(counter, int) or counter < 0:
+            raise TrustError(
+                Reason.IMAGE_INVALID,
+                f"targets {RELEASE_FLOORS_FIELD}[{model!r}] must be a non-negative integer, got {counter!r:.80}",
+            )
+        floors[model] = counter
+    return floors
+
+
+def effective_floors(persisted: Mapping[str, int], signed: Mapping[str, int]) -> dict[str, int]:
+    """Floors only rise: the higher of what this device persisted and what the release key signed."""
+    out = dict(persisted)
+    for model, counter in signed.items():
+        out[model] = max(out.get(model, 0), counter)
+    return out
+
+
 def match_targets(
     a: Assignment, image_targets: Mapping[str, SignedTarget], release_floors: Mapping[str, int]
 ) -> VerifiedPlan:
@@ -196,10 +238,12 @@ def next_state(
 ) -> TrustedState:
     """The state to persist after a fully verified assignment."""
     a = checked.assignment
+    floors = effective_floors(state.release_floors, signed_release_floors(image_metadata["targets"]))
     return replace(
         state,
         director_root=checked.director_root,
         assignment_version=a.version,
         latest_known_time=max(state.latest_known_time, now, a.issued_at),
+        release_floors=MappingProxyType(floors),
         image_metadata=MappingProxyType(dict(image_metadata)),
     )
