@@ -22,7 +22,7 @@ from controller.app import create_app
 from controller.auth import create_api_token
 from controller.broker import EmbeddedBroker, app_with_embedded_broker
 from controller.settings import Settings
-from demo.wiring import attach_rollouts
+from demo.wiring import app_rollouts
 from manifests import assignment as A
 from manifests.keyring import Keyring
 
@@ -55,7 +55,6 @@ class ControllerHost:
         self.broker: EmbeddedBroker | None = None
         self.app: Any = None
         self.admin_token = ""
-        self._stop = threading.Event()
 
     @property
     def ctx(self) -> Any:
@@ -64,7 +63,8 @@ class ControllerHost:
     def start(self) -> None:
         controller_dir = self.state_dir / "controller"
         keys_dir = controller_dir / "keys"
-        keyring = Keyring(keys_dir) if keys_dir.exists() else Keyring.create(keys_dir)
+        if not keys_dir.exists():
+            Keyring.create(keys_dir)  # what `edgefleet keys init` does; the app signs with it
         extra: dict[str, Any] = {"build_variants": self.variants} if self.variants else {}
         settings = Settings(
             state_dir=controller_dir, public_url=self.url, host="127.0.0.1", port=self.api_port,
@@ -72,8 +72,7 @@ class ControllerHost:
         )
         self.app, self.broker = app_with_embedded_broker(settings, create_app)
         self.broker.start()
-        self.engine = attach_rollouts(self.ctx, keyring, controller_dir / "rollout-engine",
-                                      {"gate": self.gate, "probation": self.probation}, stop=self._stop)
+        self.engine = app_rollouts(self.ctx, {"gate": self.gate, "probation": self.probation})
         self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.api_port,
                                                      log_level="warning", lifespan="on"))
         self._thread = threading.Thread(target=self._server.run, name="controller-api", daemon=True)
@@ -94,7 +93,6 @@ class ControllerHost:
         return ApiClient(ClientConfig(url=self.url, token=self.admin_token), timeout_s=120.0)
 
     def stop(self) -> None:
-        self._stop.set()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
