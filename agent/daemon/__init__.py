@@ -4,16 +4,17 @@
  MQTT (AgentSession) ──assignment bytes──▶ AssignmentInbox (latest only)
                                               │ worker thread
                                               ▼
-              TrustClient.verify ─▶ pending plan (disk) ─▶ UpdateEngine.apply ─▶ LazyServing
+   TrustClient.check ─▶ pending plan (disk) ─▶ commit ─▶ UpdateEngine.apply ─▶ LazyServing
                   │ refused                                    │ UpdateEvent        (Activator +
                   ▼                                            ▼                     Probation ports,
       event `assignment_rejected`                 MqttReporter ─▶ Outbox ─▶ status / events
                                                                             inference server)
 ```
 
-Start-up order: serve the committed model, then connect, then finish whatever a crash interrupted
-(the engine's journal), then take assignments. The inference server, numpy and the runtimes are
-imported only once there is a model to serve; python-tuf only once an assignment arrives.
+Start-up order: refuse to run if the device's secrets are readable by others, serve the committed
+model, then connect, then finish whatever a crash interrupted (the engine's journal), then take
+assignments. The inference server, numpy and the runtimes are imported only once there is a model
+to serve; python-tuf only once an assignment arrives.
 
 Errors (one tree)::
 
