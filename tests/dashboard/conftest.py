@@ -31,6 +31,7 @@ from controller.samples.tables import SampleRow
 from controller.settings import Settings
 from controller.telemetry.ingest import IngestConfig, TelemetryWriter
 from manifests.assignment import ReleaseRef
+from manifests.keyring import Keyring
 from tests.service_process import free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -143,7 +144,9 @@ def _seed(ctx: Any) -> None:
 @pytest.fixture
 def live_controller(tmp_path: Path) -> Iterator[LiveController]:
     port = free_port()
-    settings = Settings(state_dir=tmp_path / "state", public_url=f"http://127.0.0.1:{port}", port=port)
+    Keyring.create(tmp_path / "state" / "keys")
+    settings = Settings(state_dir=tmp_path / "state", public_url=f"http://127.0.0.1:{port}", port=port,
+                        build_variants=("onnxruntime-fp32",))
     app = create_app(settings)
     assigner = RecordingAssigner()
     engine = RolloutEngine(FileRolloutStore(tmp_path / "rollouts"), FleetOf([(d, hw) for d, hw, _ in FLEET]), assigner)

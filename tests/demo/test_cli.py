@@ -86,3 +86,18 @@ def test_model_push_refuses_a_file_that_is_not_onnx(live_controller: LiveControl
                   "--version", "1")
     assert result.exit_code == 2, result.output
     assert "upload refused" in result.output and "Traceback" not in result.output
+
+
+def test_model_push_uploads_builds_and_publishes(live_controller: LiveController, digits_mlp: Any) -> None:  # noqa: F811
+    result = _run(live_controller, "model", "push", str(digits_mlp.path), "--golden", str(digits_mlp.golden_path),
+                  "--name", "digits-cli", "--version", "7")
+    assert result.exit_code == 0, result.output
+    assert "digits-cli 7: published" in result.output and "onnxruntime-fp32" in result.output, result.output
+    doc = json.loads(_run(live_controller, "model", "show", "digits-cli", "7", "--json").output)
+    assert doc["status"] == "published" and doc["variants"][0]["accuracy"] > 0.9
+
+
+def test_rollout_status_watch_returns_once_the_rollout_has_ended(live_controller: LiveController) -> None:  # noqa: F811
+    assert _run(live_controller, "rollout", "abort", "r-v2", "--reason", "done here").exit_code == 0
+    result = _run(live_controller, "rollout", "status", "r-v2", "--watch", "--interval-s", "0.1")
+    assert result.exit_code == 0 and "aborted" in result.output, result.output
