@@ -1,7 +1,10 @@
 """Serving throughput and latency against a bare runtime loop and a naive server, in the same run.
 
     (a) bare:   ONNX Runtime in this process, batch 1 in a loop, the same thread settings
-    (b) agent:  `edgefleet-agent serve` (its own process), binary tensors, dynamic batching
+    (b) agent:  `edgefleet-agent serve` (its own process), binary tensors, dynamic batching, with
+                the device defaults (one worker per CPU, CPUs shared out as intra-op threads: the
+                same CPU budget as (a)); for the CNN also the latency-first setting (one worker
+                with every CPU as an intra-op thread, exactly (a)'s session settings)
     (c) naive:  FastAPI + uvicorn with JSON lists, written the way a typical user would
 
 (b) and (c) are driven by `wrk` (C, from Debian) with a Lua script for the body, so the load
@@ -39,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.runtime import RuntimeOptions, loader_for  # noqa: E402
+from agent.server.batching import default_workers, threads_per_worker  # noqa: E402
 from controller.sample_models import build_mobilenet_like, train_digits_mlp  # noqa: E402
 
 NAIVE_SERVER = r'''
@@ -202,36 +206,38 @@ def naive_server(model: Path, threads: int, workdir: Path) -> Server:
 
 
 def measure_model(label: str, model: Path, x: np.ndarray, threads: int, args: argparse.Namespace,
-                  workdir: Path, connections: list[int], agent_threads: int | None = None,
-                  agent_workers: int = 1) -> dict[str, Any]:
-    """(a), (b) and (c) interleaved round by round with both servers up; medians over the rounds.
+                  workdir: Path, connections: list[int], agents: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """(a), each agent configuration and (c), interleaved round by round with all servers up.
 
-    On a shared machine the background load changes from second to second; measuring the three
-    in turn, several times, lets the load hit all of them alike instead of one of them.
+    `agents` maps a label to (workers, intra-op threads per worker). On a shared machine the
+    background load changes from second to second; measuring everything in turn, several times,
+    and taking medians lets the load hit all of them alike instead of one of them.
     """
     d = args.duration_s
     body, headers = binary_body("input", x)
     naive_body = json.dumps({"data": x.tolist()}).encode()
-    agent = agent_server(model, agent_threads or threads, args.max_batch_size, agent_workers)
-    naive = None
+    servers: dict[str, Server] = {}
     rounds: list[dict[str, Any]] = []
     try:
-        naive = naive_server(model, threads, workdir)
-        agent_url = f"http://127.0.0.1:{agent.port}/v2/models/m/infer"
-        naive_url = f"http://127.0.0.1:{naive.port}/predict"
-        for c in connections:  # warm both servers' connection paths and sessions
-            run_wrk(agent_url, body, headers, c, 1, workdir)
-            run_wrk(naive_url, naive_body, {"Content-Type": "application/json"}, c, 1, workdir)
+        for name, (workers, agent_threads) in agents.items():
+            servers[name] = agent_server(model, agent_threads, args.max_batch_size, workers)
+        servers["naive"] = naive_server(model, threads, workdir)
+        targets = {name: (f"http://127.0.0.1:{srv.port}/v2/models/m/infer", body, headers)
+                   for name, srv in servers.items() if name != "naive"}
+        targets["naive"] = (f"http://127.0.0.1:{servers['naive'].port}/predict", naive_body,
+                            {"Content-Type": "application/json"})
+        for c in connections:  # warm every server's connection path and session
+            for url, b, h in targets.values():
+                run_wrk(url, b, h, c, 1, workdir)
         for _ in range(args.rounds):
             r: dict[str, Any] = {"bare": bare_loop(model, x, threads, d / 2)}
             for c in connections:
-                r[f"agent_c{c}"] = run_wrk(agent_url, body, headers, c, d, workdir)
-                r[f"naive_c{c}"] = run_wrk(naive_url, naive_body, {"Content-Type": "application/json"}, c, d, workdir)
+                for name, (url, b, h) in targets.items():
+                    r[f"{name}_c{c}"] = run_wrk(url, b, h, c, d, workdir)
             rounds.append(r)
     finally:
-        agent.close()
-        if naive is not None:
-            naive.close()
+        for srv in servers.values():
+            srv.close()
 
     def median(key: str, field: str) -> float:
         return float(statistics.median(r[key][field] for r in rounds))
@@ -245,17 +251,18 @@ def measure_model(label: str, model: Path, x: np.ndarray, threads: int, args: ar
         result[key] = {f: median(key, f) for f in ("req_s", "p50_us", "p99_us", "client_cpu_share")}
         result[key]["errors"] = sum(r[key]["socket_errors"] + r[key]["non2xx"] for r in rounds)
         result[key]["req_s_rounds"] = [round(r[key]["req_s"], 1) for r in rounds]
-    print(f"\n{label}: input {list(x.shape)}, {len(body)} B binary / {len(naive_body)} B JSON, "
-          f"{threads} intra-op thread(s); agent {agent_workers} worker(s) x {agent_threads or threads} thread(s); "
-          f"median of {len(rounds)} interleaved rounds")
-    print(f"  (a) bare ORT batch 1            {result['bare']['per_s']:9.1f} /s   p50 {result['bare']['p50_us']:8.1f} µs"
-          f"   rounds {result['bare']['per_s_rounds']}")
+    print(f"\n{label}: input {list(x.shape)}, {len(body)} B binary / {len(naive_body)} B JSON; "
+          f"bare and naive with {threads} intra-op thread(s); median of {len(rounds)} interleaved rounds")
+    print(f"  (a) bare ORT batch 1                         {result['bare']['per_s']:9.1f} /s   "
+          f"p50 {result['bare']['p50_us']:8.1f} µs   rounds {result['bare']['per_s_rounds']}")
     for c in connections:
-        for kind in ("agent", "naive"):
-            m = result[f"{kind}_c{c}"]
-            name = "(b) agent binary" if kind == "agent" else "(c) naive FastAPI JSON"
-            print(f"  {name:24s} c={c:<3d}{m['req_s']:9.1f} /s   p50 {m['p50_us']:8.0f} µs   p99 {m['p99_us']:8.0f} µs"
-                  f"   errors {m['errors']}   wrk CPU {100 * m['client_cpu_share']:.1f} %   rounds {m['req_s_rounds']}")
+        for name in [*agents, "naive"]:
+            m = result[f"{name}_c{c}"]
+            title = ("(c) naive FastAPI JSON" if name == "naive" else
+                     f"(b) {name} binary {agents[name][0]}x{agents[name][1]}")
+            print(f"  {title:38s} c={c:<3d}{m['req_s']:9.1f} /s   p50 {m['p50_us']:8.0f} µs   "
+                  f"p99 {m['p99_us']:8.0f} µs   errors {m['errors']}   wrk CPU {100 * m['client_cpu_share']:.1f} %   "
+                  f"rounds {m['req_s_rounds']}")
     return result
 
 
@@ -268,9 +275,7 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--cnn-threads", type=int, default=None, help="default: the CPUs this process may use")
     parser.add_argument("--mlp-threads", type=int, default=1)
-    parser.add_argument("--cnn-agent-workers", type=int, default=1,
-                        help="agent batches running at once for the CNN (with --cnn-agent-threads each)")
-    parser.add_argument("--cnn-agent-threads", type=int, default=None)
+
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
@@ -287,14 +292,18 @@ def main() -> int:
         load = os.getloadavg()[0]
         print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at start; wrk -t1; "
               f"runs of {args.duration_s:.0f} s")
+        workers = default_workers()
+        # the agent's device default (workers x threads_per_worker), and the latency-first setting
+        cnn_agents = {"agent": (workers, threads_per_worker(workers)), "agent_latency_first": (1, cnn_threads)}
         cnn_result = measure_model("MobileNetV2-like CNN 224x224", cnn.path, x_cnn, cnn_threads, args, workdir,
-                                   [args.connections], args.cnn_agent_threads, args.cnn_agent_workers)
+                                   [args.connections], cnn_agents)
         mlp_result = measure_model("digits MLP 64-128-10", mlp.path, x_mlp, args.mlp_threads, args, workdir,
-                                   [1, args.connections])
+                                   [1, args.connections], {"agent": (workers, args.mlp_threads)})
     c = args.connections
     figures = {
         "cnn_ratio_vs_bare": cnn_result[f"agent_c{c}"]["req_s"] / cnn_result["bare"]["per_s"],
         "cnn_ratio_vs_naive": cnn_result[f"agent_c{c}"]["req_s"] / cnn_result[f"naive_c{c}"]["req_s"],
+        "cnn_latency_first_ratio_vs_bare": cnn_result[f"agent_latency_first_c{c}"]["req_s"] / cnn_result["bare"]["per_s"],
         "mlp_p50_overhead_us": mlp_result["agent_c1"]["p50_us"] - mlp_result["bare"]["p50_us"],
         "cnn_bare_per_s": cnn_result["bare"]["per_s"],
         "cnn_agent_per_s": cnn_result[f"agent_c{c}"]["req_s"],
@@ -311,8 +320,8 @@ def main() -> int:
         "rounds": args.rounds,
         "connections": c,
         "cnn_threads": cnn_threads,
-        "cnn_agent_workers": args.cnn_agent_workers,
-        "cnn_agent_threads": args.cnn_agent_threads or cnn_threads,
+        "agent_workers": workers,
+        "cnn_agent_threads_per_worker": threads_per_worker(workers),
         "mlp_threads": args.mlp_threads,
     }
     print(f"\nCNN: agent/bare {figures['cnn_ratio_vs_bare']:.2f}x (goal >= 1.0), agent/naive "

@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from agent.runtime import RuntimeOptions, SessionLoader, loader_for
+from agent.server.batching import threads_per_worker
 from agent.server.model_server import ModelServer
 from agent.server.versions import LoadedVersion
 from agent.slots import ModelRef
@@ -44,8 +45,6 @@ class LoopBridge:
         return future.result(self.timeout_s if timeout_s is None else timeout_s)
 
 
-def default_options(ref: ModelRef) -> RuntimeOptions:
-    return RuntimeOptions(device=ref.device)
 
 
 def variant_of(ref: ModelRef) -> str:
@@ -57,12 +56,16 @@ class ServingActivator:
     """Activator port: blocking calls from the engine thread, swaps on the server's loop."""
 
     def __init__(self, bridge: LoopBridge, models: ModelServer, *, serve_as: str | None = None,
-                 options_for: Callable[[ModelRef], RuntimeOptions] = default_options,
+                 options_for: Callable[[ModelRef], RuntimeOptions] | None = None,
                  loaders: Callable[[str], SessionLoader] = loader_for) -> None:
         self.bridge = bridge
         self.models = models
         self.serve_as = serve_as
-        self.options_for = options_for
+        # default: the CPUs shared out among the server's inference workers (see default_workers)
+        # (OpenVINO serialises runs on one stream, so it gets every CPU.)
+        self.options_for = options_for or (lambda ref: RuntimeOptions(
+            device=ref.device,
+            intra_op_threads=None if ref.runtime == "openvino" else threads_per_worker(models.batching.workers)))
         self.loaders = loaders
         self.served_name: str | None = None  # the protocol name currently served
         self._stale_name: str | None = None  # served before an activation that changed the name

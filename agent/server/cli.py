@@ -25,14 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime")
     parser.add_argument("--device", default=None, help="runtime device (cpu; OpenVINO: CPU, GPU, NPU, AUTO)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads (default: the CPUs this process may use)")
+                        help="intra-op threads per worker (default: the CPUs this process may use / workers)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-queue-delay-ms", type=float, default=0.0,
                         help="how long a short batch may wait for more rows (default 0: batch what queued "
                              "while the previous batch ran)")
     parser.add_argument("--max-queue", type=int, default=256, help="queued requests per model before 429")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="batches run at the same time (pair with --threads: e.g. 2 workers x 1 thread)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="batches run at the same time (default: one per CPU, at most 4; "
+                             "--workers 1 with all CPUs as --threads favours single-request latency)")
     parser.add_argument("--max-body-mb", type=float, default=64.0)
     parser.add_argument("--log-level", default="INFO")
 
@@ -40,21 +41,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Heavy imports (numpy, runtimes, aiohttp) only when the command actually runs.
     from agent.runtime import InferenceRuntimeError, RuntimeOptions, loader_for
-    from agent.server.batching import BatchingConfig
+    from agent.server.batching import BatchingConfig, default_workers, threads_per_worker
     from agent.server.http import InferenceServer, ServerConfig
     from agent.server.model_server import ModelServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("edgefleet.serve")
     try:
+        # OpenVINO runs one stream per session (its runs are serialised): one worker, all threads.
+        workers = args.workers or (1 if args.runtime == "openvino" else default_workers())
         batching = BatchingConfig(max_batch_size=args.max_batch_size,
                                   max_queue_delay_s=args.max_queue_delay_ms / 1000.0,
-                                  max_queue_requests=args.max_queue, workers=args.workers)
+                                  max_queue_requests=args.max_queue, workers=workers)
         port = args.port if args.port is not None or args.unix_socket is not None else 8000
         config = ServerConfig(host=args.host, port=port, unix_socket=args.unix_socket,
                               max_body_bytes=int(args.max_body_mb * 1024 * 1024), batching=batching)
         device = args.device or ("CPU" if args.runtime == "openvino" else "cpu")
-        options = RuntimeOptions(intra_op_threads=args.threads, device=device)
+        options = RuntimeOptions(intra_op_threads=args.threads or threads_per_worker(workers), device=device)
         session = loader_for(args.runtime).load(args.model, options)
     except (ValueError, InferenceRuntimeError) as e:
         log.error("%s", e)

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.server.batching import BatchingConfig
+from agent.server.batching import BatchingConfig, default_workers
 from agent.server.errors import (
     OverloadedError,
     PayloadTooLargeError,
@@ -61,7 +61,7 @@ class ServerConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     max_concurrent_requests: int = 512
     drain_timeout_s: float = 30.0
-    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    batching: BatchingConfig = field(default_factory=lambda: BatchingConfig(workers=default_workers()))
 
     def __post_init__(self) -> None:
         if self.port is None and self.unix_socket is None:
