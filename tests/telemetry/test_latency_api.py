@@ -153,3 +153,18 @@ def test_controller_metrics_endpoint(api: ControllerEnv) -> None:
     assert f'edgefleet_fleet_latency_seconds_count{{model="digits",version="1"}} {len(pooled["1"])}' in text
     assert f'edgefleet_fleet_latency_seconds_bucket{{model="digits",version="2",le="+Inf"}} {len(pooled["2"])}' in text
     assert "edgefleet_telemetry_batches_total 36" in text
+
+
+def test_a_point_repeated_in_a_later_batch_is_stored_once(api: ControllerEnv) -> None:
+    """A device that crashed between handing points to its outbox and removing them from its spool
+    sends those points again under a new sequence number: the batch is new, the point is not."""
+    writer = TelemetryWriter(api.ctx.session_factory, IngestConfig("127.0.0.1", 1))
+    first = _batch("pi-7", 0, NOW - 100, "1", [0.01] * 5, "rpi4")
+    again = TelemetryBatch("pi-7", first.stream, 1, NOW, first.points + _batch("pi-7", 1, NOW - 90, "1", [0.02] * 3,
+                                                                              "rpi4").points, hardware_class="rpi4")
+    assert writer.write([first]) == 1
+    assert writer.write([again]) == 1  # the batch is new ...
+    groups = api.client.get("/api/v1/telemetry/latency", params={"model": "digits"},
+                            headers=api.auth("viewer")).json()["groups"]
+    assert groups["all"]["requests"] == 8  # ... but its repeated point is counted once
+    assert writer.write([again]) == 0 and writer.stats["duplicates"] == 1
