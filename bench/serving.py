@@ -280,7 +280,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
-    args.duration_s = args.duration_s or (3.0 if args.quick else 8.0)
+    args.duration_s = args.duration_s or (2.0 if args.quick else 8.0)
     args.rounds = args.rounds or (1 if args.quick else 3)
     cnn_threads = args.cnn_threads or RuntimeOptions().resolved_intra_op_threads()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
