@@ -15,6 +15,12 @@ Wire form (keys sorted when encoded):
 
 `targets` pins every target of the release the director vouches for (variants and golden set). The
 verifier requires each pin to be listed and signed by the image repository with the same length and hash.
+
+Fields added to a policy after schema 1 was fielded (`LATE_FIELDS`, e.g. `gate.max_accuracy_drop`) are
+written only when they differ from their default, and read as the default when absent. Documents from
+older controllers therefore keep their meaning, and agents that predate a field keep accepting ordinary
+assignments while refusing (unknown field) exactly those that need its new meaning: a fleet rollback
+that waives the accuracy-drop check must not reach a device that cannot honour the waiver.
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ class GatePolicy:
     max_latency_regression_ratio: float | None = 1.5
     max_memory_mb: float | None = None
     allow_int8: bool = True
+    # How far below the model it replaces a candidate's golden-set accuracy may fall. None waives the
+    # check: the controller signs that only for rollbacks to a release the fleet already ran.
+    max_accuracy_drop: float | None = 0.02
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,19 @@ def parse_time(value: object, where: str) -> datetime:
         ) from e
 
 
+LATE_FIELDS: dict[str, frozenset[str]] = {"gate": frozenset({"max_accuracy_drop"})}
+
+
+def _policy_dict(policy: Any, section: str) -> dict[str, Any]:
+    """The policy's fields; late fields only when they differ from their default (see module docstring)."""
+    out = asdict(policy)
+    defaults = type(policy)()
+    for name in LATE_FIELDS.get(section, frozenset()):
+        if out[name] == getattr(defaults, name):
+            del out[name]
+    return out
+
+
 def to_dict(a: Assignment) -> dict[str, Any]:
     """The JSON object form of an assignment (the director's `signed` body)."""
     return {
@@ -134,7 +156,7 @@ def to_dict(a: Assignment) -> dict[str, Any]:
         "expires_at": format_time(a.expires_at),
         "release": asdict(a.release),
         "targets": [asdict(t) for t in a.targets],
-        "gate": asdict(a.gate),
+        "gate": _policy_dict(a.gate, "gate"),
         "probation": asdict(a.probation),
         "capture": asdict(a.capture),
         "rollout_id": a.rollout_id,
@@ -217,7 +239,7 @@ def _policy(cls: type[Any], value: object, where: str) -> Any:
 
 
 def _is_fraction(name: str) -> bool:
-    return name.endswith(("_rate", "_agreement", "_accuracy", "_threshold"))
+    return name.endswith(("_rate", "_agreement", "_accuracy", "_threshold", "_accuracy_drop"))
 
 
 _FIELDS = {

@@ -78,13 +78,14 @@ class GateReport:
 
 @dataclass(frozen=True)
 class GateSettings:
-    """Device-side gate settings (the signed policy carries the budgets)."""
+    """Device-side gate settings: how to measure. What passes is the signed policy's alone (budgets,
+    accuracy floor, the allowed drop against the current model), so the director can waive the drop
+    for a fleet rollback without every device needing a local exception."""
 
     timeout_s: float = 300.0
     latency_rounds: int = 300
     latency_budget_s: float = 20.0
     warmup_rounds: int = 10
-    max_accuracy_drop: float = 0.02  # candidate may not be worse than the current model by more
     latency_noise_floor_ms: float = 0.05  # regressions smaller than this are noise, whatever the ratio
 
 
@@ -111,10 +112,10 @@ def judge(report: GateReport, policy: GatePolicy, settings: GateSettings) -> Ver
     if policy.min_agreement is not None and (m.agreement is None or m.agreement < policy.min_agreement):
         reasons.append(f"agreement_below_min: {_fmt(m.agreement)} < {policy.min_agreement:.4f}")
     cur = report.current
-    if (cur is not None and cur.loaded and cur.accuracy is not None and m.accuracy is not None
-            and m.accuracy < cur.accuracy - settings.max_accuracy_drop):
-        reasons.append(f"accuracy_below_current: {m.accuracy:.4f} < current {cur.accuracy:.4f} "
-                       f"- {settings.max_accuracy_drop}")
+    drop = policy.max_accuracy_drop
+    if (drop is not None and cur is not None and cur.loaded and cur.accuracy is not None
+            and m.accuracy is not None and m.accuracy < cur.accuracy - drop):
+        reasons.append(f"accuracy_below_current: {m.accuracy:.4f} < current {cur.accuracy:.4f} - {drop}")
     if policy.max_latency_p95_ms is not None and (m.latency_p95_ms is None
                                                   or m.latency_p95_ms > policy.max_latency_p95_ms):
         reasons.append(f"latency_p95_over_budget: {_fmt(m.latency_p95_ms)} ms > {policy.max_latency_p95_ms} ms")

@@ -116,3 +116,25 @@ def static_int8(src: Path, out: Path, calibration: np.ndarray) -> Path:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False)
     prepped.unlink()
     return out
+
+
+def degraded(src: Path, out: Path, golden_inputs: np.ndarray, golden_labels: np.ndarray,
+             noise: float = 0.8, seed: int = 3) -> tuple[Path, Path, float]:
+    """A clearly weaker but sane release of the same model (gaussian noise of `noise` x each weight
+    tensor's spread): finite outputs, its own golden set (reference outputs are its own, the labels the
+    true ones). Returns (model, golden set, accuracy on the labels)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(src))
+    rng = np.random.default_rng(seed)
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind == "f" and arr.size > 1:
+            noisy = arr + rng.normal(0.0, noise * float(arr.std()), arr.shape).astype(arr.dtype)
+            init.CopyFrom(numpy_helper.from_array(noisy, init.name))
+    _save(model, out)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: golden_inputs})[0].astype(np.float32)
+    golden = out.with_name(out.stem + "-golden.npz")
+    np.savez(golden, inputs=golden_inputs, labels=golden_labels, reference_outputs=outputs)
+    return out, golden, float(np.mean(np.argmax(outputs, axis=1) == golden_labels))

@@ -16,6 +16,7 @@ from agent.slots import FileSlotStore
 from agent.staging import BaseUrlLocator
 from agent.state import Status
 from controller.sample_models import SampleModel
+from manifests.assignment import GatePolicy
 from manifests.repository import NewTarget
 from manifests.verify import VerifiedPlan
 from tests.agent import bad_models
@@ -32,13 +33,14 @@ def custom(model: str, version: str, **extra: Any) -> dict[str, Any]:
 
 
 def publish(world: World, model: str, version: str, variants: dict[str, tuple[Path, dict[str, Any]]],
-            golden: Path) -> VerifiedPlan:
+            golden: Path, gate: GatePolicy | None = None) -> VerifiedPlan:
     targets = world.repo.add_targets(
         [NewTarget(f"models/{model}/{version}/{vid}", path.read_bytes(), custom(model, version, **extra))
          for vid, (path, extra) in variants.items()]
         + [NewTarget(f"models/{model}/{version}/golden.npz", golden.read_bytes(),
                      {"kind": "golden", "model": model, "version": version, "release_counter": 1})])
-    return world.client.verify(world.sign(world.assignment(targets)))
+    changes = {} if gate is None else {"gate": gate}
+    return world.client.verify(world.sign(world.assignment(targets, **changes)))
 
 
 class Device:
@@ -104,3 +106,34 @@ def test_pretrained_classifier_int8_then_fp32(tmp_path: Path, world: World, text
     expected = "models/textdir/2/ort-int8.onnx" if first["verdict"]["passed"] else "models/textdir/2/ort-fp32.onnx"
     assert outcome.current is not None and outcome.current.target == expected
     print("textdir int8 verdict:", first["verdict"], "served:", expected)
+
+
+def test_a_signed_rollback_to_a_less_accurate_release_is_served_an_ordinary_assignment_is_not(
+        tmp_path: Path, world: World, digits_mlp: SampleModel) -> None:
+    """v2 (accurate) serves. An ordinary assignment to the clearly weaker v1 fails on
+    accuracy_below_current; the director's rollback assignment to the same v1 (max_accuracy_drop
+    waived, everything else still judged) passes and v1 serves."""
+    device = Device(tmp_path, world, digits_mlp.golden.inputs)
+    weak, weak_golden, weak_accuracy = bad_models.degraded(
+        digits_mlp.path, tmp_path / "v1.onnx", digits_mlp.golden.inputs, digits_mlp.golden.labels)
+    assert weak_accuracy < digits_mlp.accuracy - 0.1  # clearly worse, not noise
+
+    v2 = publish(world, "digits", "2", {"ort-fp32.onnx": (digits_mlp.path, {})}, digits_mlp.golden_path)
+    assert device.engine.apply(v2).status is Status.SUCCESS
+
+    v1_variants = {"ort-fp32.onnx": (weak, {})}
+    ordinary = device.engine.apply(publish(world, "digits", "1", v1_variants, weak_golden))
+    assert ordinary.status is Status.FAILURE
+    assert ordinary.reason is not None and "accuracy_below_current" in ordinary.reason, ordinary.reason
+    assert FileSlotStore(device.root).current().target == "models/digits/2/ort-fp32.onnx"  # type: ignore[union-attr]
+
+    rollback_gate = GatePolicy(min_accuracy=weak_accuracy - 0.05, max_accuracy_drop=None)
+    rollback = device.engine.apply(publish(world, "digits", "1", v1_variants, weak_golden, gate=rollback_gate))
+    assert rollback.status is Status.SUCCESS, rollback.reason
+    report = rollback.gate_reports[-1]
+    assert report["verdict"]["passed"] and report["report"]["current"]["accuracy"] > report["report"]["measured"][
+        "accuracy"] + 0.1  # it was measured against the better current model, and the drop was allowed
+    current = FileSlotStore(device.root).current()
+    assert current is not None and current.target == "models/digits/1/ort-fp32.onnx" and current.sha256 == (
+        rollback.current.sha256 if rollback.current is not None else None)
+    assert device.activator.serving_ref is not None and device.activator.serving_ref.ref == current

@@ -127,6 +127,23 @@ def test_verdict_is_a_pure_function_of_report_and_policy() -> None:
     assert judge(_report(8.5, 5.0), policy, settings) == judge(_report(8.5, 5.0), policy, settings)
 
 
+def test_the_signed_policy_sets_the_allowed_accuracy_drop_and_a_rollback_waives_only_that() -> None:
+    settings = GateSettings()
+    worse = _report(5.0, 5.0, accuracy=0.80)
+    assert judge(worse, GatePolicy(max_accuracy_drop=0.2), settings).passed
+    strict = judge(worse, GatePolicy(max_accuracy_drop=0.1), settings)
+    assert strict.reasons == ("accuracy_below_current: 0.8000 < current 0.9700 - 0.1",)
+    waived = GatePolicy(max_accuracy_drop=None)
+    assert judge(worse, waived, settings).passed
+    # the waiver leaves every other check standing: the release's own floor, finite outputs, latency
+    floor = judge(worse, dataclasses.replace(waived, min_accuracy=0.85), settings)
+    assert floor.reasons == ("accuracy_below_min: 0.8000 < 0.8500",)
+    nan = dataclasses.replace(worse, measured=dataclasses.replace(worse.measured, nonfinite_values=3))
+    assert judge(nan, waived, settings).reasons[0].startswith("outputs_not_finite")
+    slow = judge(_report(9.0, 5.0, accuracy=0.80), waived, settings)
+    assert [r.split(":")[0] for r in slow.reasons] == ["latency_regression"]
+
+
 def _agreement(model: Path, sample: SampleModel) -> float:
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

@@ -81,6 +81,9 @@ def body(**changes: Any) -> dict[str, Any]:
         ),
         ({"gate": {"min_accuracy": 1.5}}, Reason.MALFORMED, "gate.min_accuracy"),
         ({"gate": {"allow_int8": "yes"}}, Reason.MALFORMED, "gate.allow_int8"),
+        ({"gate": {"max_accuracy_drop": 1.5}}, Reason.MALFORMED, "gate.max_accuracy_drop"),
+        ({"gate": {"max_accuracy_drop": -0.1}}, Reason.MALFORMED, "gate.max_accuracy_drop"),
+        ({"gate": {"max_accuracy_drop": "0.1"}}, Reason.MALFORMED, "gate.max_accuracy_drop"),
         ({"probation": {"window_s": -1}}, Reason.MALFORMED, "probation.window_s"),
         ({"probation": {"max_error_rate": None}}, Reason.MALFORMED, "may not be null"),
         ({"capture": {"max_samples_per_hour": 1.5}}, Reason.MALFORMED, "capture.max_samples_per_hour"),
@@ -101,6 +104,22 @@ def test_missing_policies_take_defaults() -> None:
         del raw[key]
     a = A.from_dict(raw)
     assert a.gate == A.GatePolicy() and a.capture == A.CapturePolicy() and a.rollout_id is None
+
+
+def test_accuracy_drop_is_signed_only_when_it_departs_from_the_default() -> None:
+    """Old documents (no field) read as the default 0.02; ordinary assignments encode exactly as before,
+    so agents that predate the field accept them; a waiver (null) or another limit is written out."""
+    plain = json.loads(A.encode(sample()))
+    assert "max_accuracy_drop" not in plain["gate"]
+    assert A.decode(A.encode(sample())).gate.max_accuracy_drop == 0.02
+    for drop in (None, 0.1, 0.0):
+        a = sample(gate=A.GatePolicy(min_accuracy=0.9, max_accuracy_drop=drop))
+        data = A.encode(a)
+        assert json.loads(data)["gate"]["max_accuracy_drop"] == drop
+        assert A.decode(data) == a
+        assert data == canonical.encode(json.loads(data))
+    explicit = body(gate={**plain["gate"], "max_accuracy_drop": 0.02})
+    assert A.from_dict(explicit) == sample()
 
 
 @pytest.mark.parametrize(
