@@ -8,7 +8,7 @@ history is the audit log (`GET /api/v1/rollouts/{id}/history`).
 
 | method | path                              | role     | what                                       |
 |--------|-----------------------------------|----------|--------------------------------------------|
-| POST   | /api/v1/rollouts                  | operator | create (devices planned into waves)         |
+| POST   | /api/v1/rollouts                  | operator | create (devices planned into waves); 422 below the release floor |
 | GET    | /api/v1/rollouts                  | viewer   | list, newest first, optional `state` filter |
 | GET    | /api/v1/rollouts/{id}             | viewer   | waves, device progress with reasons, history |
 | GET    | /api/v1/rollouts/{id}/history     | viewer   | who did what, when, and why                 |
@@ -24,7 +24,7 @@ from fastapi import APIRouter, Body, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.api.deps import Context
-from controller.api.errors import AUTH_ERRORS
+from controller.api.errors import AUTH_ERRORS, error_responses
 from controller.auth import OperatorPrincipal, ViewerPrincipal
 from controller.errors import Conflict, InvalidInput, NotFound, Unavailable
 from controller.rollouts.codec import release_to_json
@@ -87,6 +87,9 @@ class RolloutIn(BaseModel):
     waves: list[WaveIn] = Field(min_length=1, max_length=20)
     policy: PolicyIn | None = None
     rollback_release: ReleaseIn | None = None
+    # A fleet rollback to a release the fleet already ran: its assignments waive the device gate's
+    # accuracy-drop check against the current model (422 if no device ever ran the release).
+    rollback: bool = False
 
 
 class ActionIn(BaseModel):
@@ -111,7 +114,7 @@ def _domain(e: RolloutError) -> Exception:
     return Unavailable(str(e))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(409, 503))
 def create_rollout(body: RolloutIn, ctx: Context, who: OperatorPrincipal) -> dict[str, Any]:
     try:
         spec = RolloutSpec(
@@ -122,6 +125,7 @@ def create_rollout(body: RolloutIn, ctx: Context, who: OperatorPrincipal) -> dic
             policy=HealthPolicy(**body.policy.model_dump()) if body.policy else HealthPolicy(),
             rollback_release=(ReleaseRef(body.rollback_release.model, body.rollback_release.version)
                               if body.rollback_release else None),
+            rollback=body.rollback,
         )
         record = _engine(ctx).create(body.id, spec, who.name)
     except StaleRecord as e:
@@ -131,7 +135,7 @@ def create_rollout(body: RolloutIn, ctx: Context, who: OperatorPrincipal) -> dic
     return detail(record)
 
 
-@router.get("")
+@router.get("", responses=error_responses(503))
 def list_rollouts(ctx: Context, who: ViewerPrincipal,
                   state: Annotated[str | None, Query(max_length=16)] = None) -> list[dict[str, Any]]:
     engine = _engine(ctx)
@@ -140,7 +144,7 @@ def list_rollouts(ctx: Context, who: ViewerPrincipal,
     return [summary(r) for r in records if state is None or r.state.value == state]
 
 
-@router.get("/{rollout_id}")
+@router.get("/{rollout_id}", responses=error_responses(404, 503))
 def get_rollout(rollout_id: str, ctx: Context, who: ViewerPrincipal) -> dict[str, Any]:
     try:
         return detail(_engine(ctx).store.load(rollout_id))
@@ -148,7 +152,7 @@ def get_rollout(rollout_id: str, ctx: Context, who: ViewerPrincipal) -> dict[str
         raise _domain(e) from e
 
 
-@router.get("/{rollout_id}/history")
+@router.get("/{rollout_id}/history", responses=error_responses(404, 503))
 def get_history(rollout_id: str, ctx: Context, who: ViewerPrincipal) -> list[dict[str, Any]]:
     try:
         return history(_engine(ctx).store.load(rollout_id))
@@ -156,7 +160,7 @@ def get_history(rollout_id: str, ctx: Context, who: ViewerPrincipal) -> list[dic
         raise _domain(e) from e
 
 
-@router.post("/{rollout_id}/{action}")
+@router.post("/{rollout_id}/{action}", responses=error_responses(404, 409, 503))
 def act(rollout_id: str, action: Literal["pause", "resume", "abort", "rollback"], ctx: Context,
         who: OperatorPrincipal, body: Annotated[ActionIn | None, Body()] = None) -> dict[str, Any]:
     try:
@@ -170,6 +174,7 @@ def summary(record: RolloutRecord) -> dict[str, Any]:
     states = Counter(p.state.value for p in record.devices.values())
     return {
         "id": record.rollout_id, "state": record.state.value, "release": release_to_json(record.spec.release),
+        "rollback": record.spec.rollback,
         "wave": record.wave + 1, "waves": len(record.spec.waves), "devices": len(record.devices),
         "device_states": dict(sorted(states.items())), "reason": record.reason,
         "created_at": record.created_at, "created_by": record.created_by, "revision": record.revision,

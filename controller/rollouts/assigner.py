@@ -9,6 +9,11 @@ Idempotence (the rollout engine's `Assigner` contract): when the device's newest
 names the same release for the same rollout and is not near expiry, the stored envelope is published
 again and its version returned; nothing is re-signed.
 
+Rollbacks (`rollback=True`: a wave's automatic revert, an operator's rollback of a rollout, or a
+rollout marked as a fleet rollback) are signed with the gate's `max_accuracy_drop` waived: the device
+would otherwise refuse to return from a more accurate release to the one the fleet already ran. Every
+other gate check (loads, finite outputs, the release's own accuracy floor, latency, memory) stays.
+
 `flush()` waits until the broker acknowledged everything published so far; the engine calls it before
 saving a batch as published, so a record never claims an assignment the broker has not got.
 """
@@ -16,6 +21,7 @@ saving a batch as published, so a record never claims an assignment the broker h
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import re
@@ -88,15 +94,18 @@ class DirectorAssigner:
         self._outstanding: list[Any] = []
         self._lock = threading.Lock()
 
-    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str) -> int:
+    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str, *, rollback: bool = False) -> int:
         now = self.clock()
         latest = self.ledger.latest(device_id)
         fresh = latest is not None and latest.expires_at - now > self.validity_s / 2
-        if latest is not None and fresh and (latest.release, latest.rollout_id) == (release, rollout_id):
+        if (latest is not None and fresh and (latest.release, latest.rollout_id) == (release, rollout_id)
+                and signed_as_rollback(latest.payload) == rollback):
             self._publish(device_id, latest.payload)
             return latest.version
         version = (latest.version if latest is not None else 0) + 1
         policies = self.policies_for(release, rollout_id)
+        if rollback:
+            policies = dataclasses.replace(policies, gate=dataclasses.replace(policies.gate, max_accuracy_drop=None))
         issued = datetime.fromtimestamp(int(now), tz=timezone.utc)
         assignment = Assignment(
             device_id=device_id, version=version, issued_at=issued,
@@ -127,6 +136,15 @@ class DirectorAssigner:
         info = self.publisher.publish_assignment(device_id, payload)
         with self._lock:
             self._outstanding.append(info)
+
+
+def signed_as_rollback(payload: bytes) -> bool:
+    """Whether a stored envelope waived the accuracy-drop check (the ledger keeps no separate flag)."""
+    try:
+        gate = json.loads(payload)["signed"].get("gate", {})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return isinstance(gate, dict) and "max_accuracy_drop" in gate and gate["max_accuracy_drop"] is None
 
 
 class FileAssignmentLedger:

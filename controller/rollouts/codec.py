@@ -34,6 +34,7 @@ def spec_to_json(spec: RolloutSpec) -> dict[str, Any]:
     return {
         "release": release_to_json(spec.release),
         "rollback_release": release_to_json(spec.rollback_release),
+        "rollback": spec.rollback,
         "selector": {
             "tags": sorted(spec.selector.tags),
             "hardware_classes": sorted(spec.selector.hardware_classes),
@@ -52,6 +53,7 @@ def spec_from_json(raw: dict[str, Any]) -> RolloutSpec:
         return RolloutSpec(
             release=release,
             rollback_release=release_from_json(raw.get("rollback_release")),
+            rollback=_bool(raw.get("rollback", False), "rollback"),
             selector=Selector(
                 tags=frozenset(selector.get("tags", ())),
                 hardware_classes=frozenset(selector.get("hardware_classes", ())),
@@ -62,6 +64,12 @@ def spec_from_json(raw: dict[str, Any]) -> RolloutSpec:
         )
     except (KeyError, TypeError, AssertionError) as e:
         raise PlanError(f"invalid rollout spec: {e}") from e
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise PlanError(f"{where} must be true or false, got {value!r:.40}")
+    return value
 
 
 def record_to_json(record: RolloutRecord) -> dict[str, Any]:

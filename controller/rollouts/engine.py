@@ -20,6 +20,11 @@ Ports:
 | FleetView  | which enrolled devices a selector matches now, online or not     |
 | Assigner   | sign + publish a new assignment naming a release; returns its version |
 | Leases     | optional: which rollouts this replica drives (PostgreSQL advisory locks) |
+| admit      | optional: refuses a spec before anything is stored (`service.release_admission`: the signed release floor) |
+
+A rollout marked `rollback` must name a release the fleet already ran (a device runs it now, ran it
+before a rollout, or a rollout delivered it): its assignments waive the device gate's accuracy-drop
+check, and that waiver is only sound for a release that was proven in the field.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from controller.rollouts import machine
 from controller.rollouts.errors import PlanError, RolloutError, StaleRecord
 from controller.rollouts.plan import DeviceInfo, RolloutSpec, Selector
 from controller.rollouts.records import RolloutRecord, new_rollout
+from controller.rollouts.signals import DeviceState
 from controller.rollouts.store import RolloutStore
 from manifests.assignment import ReleaseRef
 
@@ -49,11 +55,13 @@ class FleetView(Protocol):
 
 
 class Assigner(Protocol):
-    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str) -> int:
+    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str, *, rollback: bool = False) -> int:
         """Sign and publish (retained) an assignment naming `release`; return its version.
 
         Must be idempotent: if the device's newest assignment already names this release for this
-        rollout, republish it and return its version instead of issuing a higher one.
+        rollout (and is as much a rollback), republish it and return its version instead of issuing a
+        higher one. `rollback`: a return to a release the fleet already ran; the assignment waives
+        the gate's accuracy-drop check against the current model, and nothing else.
         """
 
     def flush(self, timeout_s: float = 60.0) -> None:
@@ -74,6 +82,7 @@ class RolloutEngine:
         clock: Callable[[], float] = time.time,
         save_every: int = 200,
         leases: Leases | None = None,
+        admit: Callable[[RolloutSpec], None] | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
@@ -81,15 +90,22 @@ class RolloutEngine:
         self.clock = clock
         self.save_every = save_every
         self.leases = leases
+        self.admit = admit
         self._events: queue.SimpleQueue[wire.Event | wire.Status] = queue.SimpleQueue()
         self._lock = threading.RLock()
 
     # -- operator-facing ----------------------------------------------------------------------------
 
     def create(self, rollout_id: str, spec: RolloutSpec, actor: str) -> RolloutRecord:
+        if self.admit is not None:
+            self.admit(spec)
         devices = list(self.fleet.targeted(spec.selector).values())
         if not devices:
             raise PlanError(f"rollout {rollout_id}: the selector matches no device")
+        if spec.rollback and not self._ran_before(spec.release, devices):
+            raise PlanError(f"rollout {rollout_id}: a rollback must name a release the fleet already ran; "
+                            f"{spec.release.model} {spec.release.version} runs on no device and no rollout "
+                            "delivered it")
         with self._lock:
             return self.store.create(new_rollout(rollout_id, spec, devices, self.clock(), actor))
 
@@ -99,6 +115,18 @@ class RolloutEngine:
             record = self.store.load(rollout_id)
             record = self.store.save(machine.command(record, name, actor, self.clock(), reason))
             return self._publish_pending(record)
+
+    def _ran_before(self, release: ReleaseRef, devices: list[DeviceInfo]) -> bool:
+        if any(d.active_release == release for d in devices):
+            return True
+        for rollout_id in reversed(self.store.list_ids()):  # newest first: a recent rollout is the usual proof
+            record = self.store.load(rollout_id)
+            if record.spec.release == release and any(
+                    p.state == DeviceState.SUCCEEDED for p in record.devices.values()):
+                return True
+            if any(p.previous_release == release for p in record.devices.values()):
+                return True
+        return False
 
     # -- inputs -------------------------------------------------------------------------------------
 
@@ -175,7 +203,8 @@ class RolloutEngine:
                 progress = record.devices[device_id]
                 release = progress.previous_release if revert else record.spec.release
                 assert release is not None
-                version = self.assigner.assign(device_id, release, record.rollout_id)
+                version = self.assigner.assign(device_id, release, record.rollout_id,
+                                               rollback=revert or record.spec.rollback)
                 record = machine.confirm_published(record, device_id, version, self.clock(), revert=revert)
             self.assigner.flush()  # never record as published what the broker has not acknowledged
             record = self.store.save(record)

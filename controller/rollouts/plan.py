@@ -123,6 +123,9 @@ class RolloutSpec:
     waves: tuple[WaveSpec, ...]
     policy: HealthPolicy = field(default_factory=HealthPolicy)
     rollback_release: ReleaseRef | None = None  # for devices whose previous release is unknown
+    # A fleet rollback: `release` is one the fleet already ran (checked at creation), so its
+    # assignments waive the gate's accuracy drop against the (more accurate) model devices run now.
+    rollback: bool = False
 
     def __post_init__(self) -> None:
         if not self.waves:

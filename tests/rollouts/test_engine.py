@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from agent import wire
 from controller.rollouts import FileRolloutStore, RolloutEngine, RolloutState
 from controller.rollouts.errors import PlanError, StaleRecord
-from controller.rollouts.plan import DeviceInfo, Selector, WaveSpec
+from controller.rollouts.plan import DeviceInfo, RolloutSpec, Selector, WaveSpec
 from controller.rollouts.records import RolloutRecord
 from controller.rollouts.signals import DeviceState
 from manifests.assignment import ReleaseRef
@@ -31,12 +32,15 @@ class Assigner:
 
     def __init__(self) -> None:
         self.issued: list[tuple[str, ReleaseRef, int]] = []
+        self.rollbacks: list[tuple[str, ReleaseRef]] = []  # the assignments asked for as rollbacks
         self.calls = 0
         self._latest: dict[str, tuple[ReleaseRef, str, int]] = {}
         self._version = 0
 
-    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str) -> int:
+    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str, *, rollback: bool = False) -> int:
         self.calls += 1
+        if rollback:
+            self.rollbacks.append((device_id, release))
         latest = self._latest.get(device_id)
         if latest is not None and latest[:2] == (release, rollout_id):
             return latest[2]
@@ -129,8 +133,8 @@ class CrashingAssigner(Assigner):
         super().__init__()
         self.remaining = crash_after_calls
 
-    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str) -> int:
-        version = super().assign(device_id, release, rollout_id)
+    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str, *, rollback: bool = False) -> int:
+        version = super().assign(device_id, release, rollout_id, rollback=rollback)
         self.remaining -= 1
         if self.remaining == 0:
             raise Crash()
@@ -167,6 +171,49 @@ def test_canary_gate_failure_halts_and_rollback_command_reverts(tmp_path: Path) 
     assert assigner.issued[-1][:2] == (canary, OLD)
     assert record.devices[canary].state == DeviceState.REVERTED
     assert len(assigner.issued) == 2
+    assert assigner.rollbacks == [(canary, OLD)]  # only the revert waives the accuracy-drop check
+
+
+def test_automatic_revert_of_a_failing_wave_is_a_rollback_assignment(tmp_path: Path) -> None:
+    fleet, assigner, clock = Fleet(fleet_of(10)), Assigner(), Clock()
+    engine = RolloutEngine(FileRolloutStore(tmp_path), fleet, assigner, clock)
+    engine.create("r1", spec(auto_rollback=True), "alice")
+    engine.step()
+    (canary, _, version), = assigner.issued
+    engine.handle_event(_event(canary, "probation_failed", version, 1))
+    engine.step()
+    assert engine.store.load("r1").state == RolloutState.ROLLED_BACK
+    assert assigner.rollbacks == [(canary, OLD)]
+    assert [(d, r) for d, r, _ in assigner.issued] == [(canary, NEW), (canary, OLD)]
+
+
+def test_a_fleet_rollback_rollout_needs_a_release_the_fleet_ran_and_signs_rollbacks(tmp_path: Path) -> None:
+    fleet, assigner, clock = Fleet(fleet_of(4)), Assigner(), Clock()
+    engine = RolloutEngine(FileRolloutStore(tmp_path), fleet, assigner, clock)
+    never_ran = replace(spec((WaveSpec(percent=100, soak_s=0),)), release=ReleaseRef("digits", "0"), rollback=True)
+    with pytest.raises(PlanError, match="digits 0 runs on no device"):
+        engine.create("rb0", never_ran, "alice")
+    # every device runs OLD now: rolling a (hypothetically newer) fleet back to OLD is allowed
+    back = replace(spec((WaveSpec(percent=100, soak_s=0),)), release=OLD, rollback=True)
+    engine.create("rb1", back, "alice")
+    engine.step()
+    assert sorted(assigner.rollbacks) == sorted((d, OLD) for d in fleet.devices)
+    # a rollout that delivered a release is proof too, once devices moved on from it
+    engine.create("r1", spec((WaveSpec(percent=100, soak_s=0),)), "alice")
+    drive(engine, clock, list(fleet.devices))
+    assert engine.store.load("r1").state == RolloutState.COMPLETED
+    fleet.devices = {d: replace(i, active_release=ReleaseRef("digits", "3")) for d, i in fleet.devices.items()}
+    engine.create("rb2", replace(back, release=NEW), "alice")
+
+
+def test_admission_refuses_before_anything_is_stored(tmp_path: Path) -> None:
+    def admit(rollout: RolloutSpec) -> None:
+        raise PlanError(f"{rollout.release.model} {rollout.release.version} is blocked")
+
+    engine = RolloutEngine(FileRolloutStore(tmp_path), Fleet(fleet_of(3)), Assigner(), Clock(), admit=admit)
+    with pytest.raises(PlanError, match="digits 2 is blocked"):
+        engine.create("r1", spec(), "alice")
+    assert engine.store.list_ids() == []
 
 
 def test_create_refuses_an_empty_selection_and_duplicate_ids(tmp_path: Path) -> None:
