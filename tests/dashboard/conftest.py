@@ -62,7 +62,7 @@ class RecordingAssigner:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str]] = []
 
-    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str) -> int:
+    def assign(self, device_id: str, release: ReleaseRef, rollout_id: str, *, rollback: bool = False) -> int:
         self.calls.append((device_id, release.version, rollout_id))
         return len(self.calls)
 
