@@ -182,7 +182,9 @@ def broker_conf(
         "allow_anonymous false",
         f"max_packet_size {max_packet_bytes}",
         "max_inflight_messages 100",
-        "max_queued_messages 1000",
+        # The controller's persistent session queues the whole fleet's telemetry while it restarts;
+        # Mosquitto's default of 1000 would drop the rest silently. Devices only ever queue assignments.
+        "max_queued_messages 200000",
         f"acl_file {acl_path}",
     ]
     if password_path is not None:
