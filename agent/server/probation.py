@@ -34,7 +34,7 @@ from typing import Any
 from agent.metrics.histogram import LatencyHistogram
 from agent.server.activator import LoopBridge, ServingActivator
 from agent.server.model_server import ModelServer
-from agent.server.shadow import ShadowEvaluator, ShadowFigures
+from agent.server.shadow import ComparedObserver, ShadowEvaluator, ShadowFigures
 from agent.server.versions import LoadedVersion
 from agent.state.ports import ActiveModel, ProbationResult
 from manifests.assignment import ProbationPolicy
@@ -115,8 +115,9 @@ class ServerProbation:
     def __init__(self, bridge: LoopBridge, activator: ServingActivator, *, limits: ProbationLimits | None = None,
                  poll_interval_s: float = 1.0, shadow_sample_rate: float = 0.2,
                  monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, on_shadow_compared: ComparedObserver | None = None) -> None:
         self.bridge = bridge
+        self.on_shadow_compared = on_shadow_compared  # e.g. sample capture of disagreeing rows
         self.activator = activator
         self.models: ModelServer = activator.models
         self.limits = limits or ProbationLimits()
@@ -165,7 +166,7 @@ class ServerProbation:
         )
 
     async def _start_shadow(self, name: str, new: LoadedVersion, previous: LoadedVersion) -> ShadowEvaluator:
-        shadow = ShadowEvaluator(new, previous, self.shadow_sample_rate)
+        shadow = ShadowEvaluator(new, previous, self.shadow_sample_rate, on_compared=self.on_shadow_compared)
         shadow.start()
         self.models.add_observer(name, shadow.observe)
         return shadow

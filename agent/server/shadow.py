@@ -9,6 +9,9 @@ path never waits for the shadow.
 Compared per row, on the first floating-point output with a class axis (or the first output):
 top-1 agreement (argmax over the last axis), mean top-1 confidence of each version, and the mean
 absolute difference of the outputs: the "output/confidence distribution" probation judges.
+
+`on_compared(new_version, feeds, new_outputs, previous_outputs)`, when given, sees every replayed
+sample after the comparison (sample capture keeps the rows the two versions disagree on).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,8 @@ from agent.server.versions import LoadedVersion
 from agent.server.workers import InferenceThreads
 
 log = logging.getLogger(__name__)
+ComparedObserver = Callable[[LoadedVersion, Mapping[str, np.ndarray], Mapping[str, np.ndarray],
+                             Mapping[str, np.ndarray]], None]
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,14 @@ class ShadowEvaluator:
     """Observer of `new`'s batches that replays a sample on `previous`; runs on the server's loop."""
 
     def __init__(self, new: LoadedVersion, previous: LoadedVersion, sample_rate: float = 0.2,
-                 max_backlog_batches: int = 8, max_rows_per_batch: int = 64, seed: int | None = None) -> None:
+                 max_backlog_batches: int = 8, max_rows_per_batch: int = 64, seed: int | None = None,
+                 on_compared: ComparedObserver | None = None) -> None:
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be within (0, 1], got {sample_rate}")
         self.new = new
         self.previous = previous
         self.sample_rate = sample_rate
+        self.on_compared = on_compared
         self.max_rows_per_batch = max_rows_per_batch
         self._rng = random.Random(seed)
         self._backlog: collections.deque[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = (
@@ -128,6 +135,11 @@ class ShadowEvaluator:
             finally:
                 self.previous.release()
             self._compare(new_outputs, old_outputs)
+            if self.on_compared is not None:
+                try:
+                    self.on_compared(self.new, feeds, new_outputs, old_outputs)
+                except Exception:
+                    log.exception("shadow observer failed")
 
     def _compare(self, new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray]) -> None:
         name = scores_output(new)
