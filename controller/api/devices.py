@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller import devices as registry
 from controller.api.deps import DbSession
-from controller.api.errors import AUTH_ERRORS
+from controller.api.errors import AUTH_ERRORS, error_responses
 from controller.api.pagination import Page, Pagination, make_page, paginate
 from controller.auth import AdminPrincipal, OperatorPrincipal, ViewerPrincipal
 from controller.db.models import Device
@@ -91,13 +91,19 @@ def list_devices(
     return make_page([DeviceOut.model_validate(d) for d in rows], total, page)
 
 
-@router.get("/{device_id}", response_model=DeviceDetail, summary="One device with its hardware profile")
+@router.get(
+    "/{device_id}", response_model=DeviceDetail, responses=error_responses(404),
+    summary="One device with its hardware profile",
+)
 def get_device(device_id: str, db: DbSession, who: ViewerPrincipal) -> DeviceDetail:
     return DeviceDetail.model_validate(registry.get_device(db, device_id))
 
 
 @router.get(
-    "/{device_id}/history", response_model=Page[DeviceEventOut], summary="The device's history, newest first"
+    "/{device_id}/history",
+    response_model=Page[DeviceEventOut],
+    responses=error_responses(404),
+    summary="The device's history, newest first",
 )
 def device_history(
     device_id: str, db: DbSession, page: Pagination, who: ViewerPrincipal
@@ -107,7 +113,9 @@ def device_history(
     return make_page([DeviceEventOut.model_validate(e) for e in rows], total, page)
 
 
-@router.patch("/{device_id}", response_model=DeviceDetail, summary="Change tags or hardware class")
+@router.patch(
+    "/{device_id}", response_model=DeviceDetail, responses=error_responses(404), summary="Change tags or hardware class"
+)
 def patch_device(
     device_id: str, body: Annotated[LabelsPatch, Body()], db: DbSession, who: OperatorPrincipal
 ) -> DeviceDetail:
@@ -124,7 +132,8 @@ def patch_device(
     return DeviceDetail.model_validate(device)
 
 
-@router.post("/{device_id}/revoke", response_model=DeviceDetail, summary="Revoke a device's credentials")
+@router.post("/{device_id}/revoke", response_model=DeviceDetail, responses=error_responses(404),
+             summary="Revoke a device's credentials")
 def revoke(
     device_id: str, body: Annotated[RevokeBody, Body()], db: DbSession, who: AdminPrincipal
 ) -> DeviceDetail:

@@ -57,12 +57,13 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses a route can answer, all in the one error format."""
     return {s: {"model": ErrorResponse, "description": _HTTP_CODES.get(s, "error")} for s in statuses}
 
 
 # Documented on every protected route.
-AUTH_ERRORS = _responses(401, 403)
+AUTH_ERRORS = error_responses(401, 403)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -87,6 +88,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers invalid JSON with a validation error but bytes that are not UTF-8 with a bare
+            # 400; both are the same client mistake and get the same documented answer.
+            return error_response(
+                422, "invalid_request", "body: not valid JSON (UTF-8 expected)",
+                {"errors": [{"loc": ["body"], "msg": str(exc.__cause__), "type": "json_invalid"}]},
+            )
         code = _HTTP_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 

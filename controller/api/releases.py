@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from controller.api.deps import Context, DbSession
-from controller.api.errors import AUTH_ERRORS, ErrorResponse
+from controller.api.errors import AUTH_ERRORS, ErrorResponse, error_responses
 from controller.api.pagination import Page, Pagination, make_page, paginate
 from controller.auth import OperatorPrincipal, ViewerPrincipal
 from controller.db.models import ModelRelease
@@ -133,7 +133,10 @@ def list_models(
 
 
 @router.get(
-    "/{name}/{version}", response_model=ReleaseDetail, summary="A release: build progress and variants"
+    "/{name}/{version}",
+    response_model=ReleaseDetail,
+    responses=error_responses(404),
+    summary="A release: build progress and variants",
 )
 def get_model(name: str, version: str, db: DbSession, ctx: Context, who: ViewerPrincipal) -> ReleaseDetail:
     return ReleaseDetail.model_validate(ctx.registry.get(db, name, version))
@@ -142,6 +145,7 @@ def get_model(name: str, version: str, db: DbSession, ctx: Context, who: ViewerP
 @router.delete(
     "/{name}/{version}",
     status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404, 409),
     summary="Delete a release that was never published (failed or queued)",
 )
 def delete_model(name: str, version: str, db: DbSession, ctx: Context, who: OperatorPrincipal) -> None:

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from controller.api.deps import Context, DbSession
+from controller.api.errors import AUTH_ERRORS
 from controller.db.models import Device
 from controller.errors import Unauthenticated
 from controller.mqtt.errors import AuthFileError
@@ -123,7 +124,7 @@ class DeviceSelf(BaseModel):
 
 def device_router(*, trust_proxy_certificate: bool = False) -> APIRouter:
     """Routes for devices themselves (`/api/v1/device/…`), behind `RequireDevice` only."""
-    router = APIRouter(prefix="/api/v1/device", tags=["device"])
+    router = APIRouter(prefix="/api/v1/device", tags=["device"], responses=AUTH_ERRORS)
     need = Depends(RequireDevice(trust_proxy_certificate=trust_proxy_certificate))
 
     @router.get("/self", response_model=DeviceSelf, summary="The calling device's own record (device credential)")
