@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from controller.api.context import ControllerContext
@@ -30,3 +30,6 @@ def get_db(request: Request) -> Iterator[Session]:
 
 Context = Annotated[ControllerContext, Depends(get_context)]
 DbSession = Annotated[Session, Depends(get_db)]
+#: A database row id in a path: positive and within the id columns' INTEGER (32 bits on PostgreSQL), so
+#: that a huge number is a 422 rather than an overflow inside the database or its driver.
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]

@@ -18,8 +18,8 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.context import ControllerContext
-from controller.api.deps import Context, DbSession
-from controller.api.errors import AUTH_ERRORS, ErrorResponse
+from controller.api.deps import Context, DbSession, RowId
+from controller.api.errors import AUTH_ERRORS, ErrorResponse, error_responses
 from controller.api.pagination import Page, Pagination, make_page, paginate
 from controller.auth import AdminPrincipal, ViewerPrincipal
 from controller.db.models import EnrollmentToken
@@ -166,10 +166,10 @@ def list_enrollment_tokens(db: DbSession, page: Pagination, who: AdminPrincipal)
 @router.delete(
     "/enrollment-tokens/{token_id}",
     response_model=EnrollmentTokenOut,
-    responses=AUTH_ERRORS,
+    responses={**AUTH_ERRORS, **error_responses(404)},
     summary="Revoke an unused enrollment token",
 )
-def revoke_enrollment_token(token_id: int, db: DbSession, who: AdminPrincipal) -> EnrollmentTokenOut:
+def revoke_enrollment_token(token_id: RowId, db: DbSession, who: AdminPrincipal) -> EnrollmentTokenOut:
     row = service.revoke_enrollment_token(db, token_id)
     db.commit()
     return EnrollmentTokenOut.model_validate(row)
@@ -242,10 +242,16 @@ def _enroll(body: EnrollRequest, ctx: ControllerContext) -> EnrollResponse:
     )
 
 
+#: The CA routes answer PEM with its own media type; documented so clients know what arrives.
+PEM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/x-pem-file": {"schema": {"type": "string"}}}}
+}
+
+
 @router.get(
     "/ca/certificate",
     response_class=PlainTextResponse,
-    responses=AUTH_ERRORS,
+    responses={**AUTH_ERRORS, **PEM_RESPONSE},
     summary="The fleet CA certificate (PEM)",
 )
 def ca_certificate(ctx: Context, who: ViewerPrincipal) -> PlainTextResponse:
@@ -255,7 +261,7 @@ def ca_certificate(ctx: Context, who: ViewerPrincipal) -> PlainTextResponse:
 @router.get(
     "/ca/crl",
     response_class=PlainTextResponse,
-    responses=AUTH_ERRORS,
+    responses={**AUTH_ERRORS, **PEM_RESPONSE},
     summary="Revocation list of device certificates (PEM), signed by the fleet CA",
 )
 def ca_crl(db: DbSession, ctx: Context, who: ViewerPrincipal) -> PlainTextResponse:

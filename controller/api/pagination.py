@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 MAX_PAGE_SIZE = 500
+#: Databases store OFFSET as a signed 64-bit integer; a larger one must be a 422, not a driver error.
+MAX_OFFSET = 2**62
 
 
 class PageParams(BaseModel):
@@ -24,7 +26,7 @@ class PageParams(BaseModel):
 
 def _page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Items per page.")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Items to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
 ) -> PageParams:
     return PageParams(limit=limit, offset=offset)
 

@@ -9,11 +9,14 @@ from fastapi import APIRouter, Body, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from controller.api.deps import DbSession
-from controller.api.errors import AUTH_ERRORS
+from controller.api.deps import DbSession, RowId
+from controller.api.errors import AUTH_ERRORS, error_responses
 from controller.api.pagination import Page, Pagination, make_page, paginate
 from controller.auth import AdminPrincipal, Role, create_api_token, revoke_api_token
 from controller.db.models import ApiToken
+
+#: Ten years; longer lifetimes are refused rather than overflowing the date arithmetic.
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"], responses=AUTH_ERRORS)
 
@@ -24,7 +27,8 @@ class TokenCreate(BaseModel):
     )
     name: str = Field(min_length=1, max_length=128)
     role: Role
-    expires_in_s: float | None = Field(None, gt=0)
+    # Bounded so that "now + expires_in_s" stays a representable date.
+    expires_in_s: float | None = Field(None, gt=0, le=MAX_TOKEN_LIFETIME_S)
 
 
 class TokenOut(BaseModel):
@@ -56,8 +60,8 @@ def list_tokens(db: DbSession, page: Pagination, who: AdminPrincipal) -> Page[To
     return make_page([TokenOut.model_validate(r) for r in rows], total, page)
 
 
-@router.delete("/{token_id}", response_model=TokenOut, summary="Revoke a token")
-def revoke_token(token_id: int, db: DbSession, who: AdminPrincipal) -> TokenOut:
+@router.delete("/{token_id}", response_model=TokenOut, responses=error_responses(404), summary="Revoke a token")
+def revoke_token(token_id: RowId, db: DbSession, who: AdminPrincipal) -> TokenOut:
     row = revoke_api_token(db, token_id)
     db.commit()
     return TokenOut.model_validate(row)
