@@ -1,8 +1,9 @@
-"""`edgefleet model push | list | show`: releases with progress bars for the upload and the build.
+"""`edgefleet model push | list | show | block`: releases with progress bars for the upload and the build.
 
 `push` streams the multipart body through a counting reader, so the upload bar moves with the bytes the
 controller actually received; the build bar follows the release's `progress` until it is published,
 awaits the offline release key, or fails (exit 1, with the controller's reason on one line).
+`block` signs a release floor (admin token): it cannot be undone, so it asks first unless `--yes`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rich.table import Table
 
 from controller.api_client import ApiClient, ApiClientError, ClientConfig, _multipart
 
-app = typer.Typer(help="Model releases: push (with build progress), list, show.", no_args_is_help=True)
+app = typer.Typer(help="Model releases: push (with build progress), list, show, block.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
 
@@ -185,3 +186,31 @@ def show(name: str, version: str, url: UrlOpt = None, token: TokenOpt = None, as
         print(json.dumps(release, indent=2))
     else:
         _print(release)
+
+
+@app.command("block")
+def block(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    below: Annotated[int, typer.Option("--below", min=1, help="Block every release with a lower release counter.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Block known-bad releases on every device: sign a release floor (never lowered; needs an admin token)."""
+    client = _client(url, token)
+    if not yes and not typer.confirm(
+            f"Every device will refuse releases of {name} with a release counter below {below}, for good "
+            "(floors are never lowered). Continue?", err=True):
+        raise _fail("nothing changed", code=1)
+    change = _call(client, "PUT", f"/api/v1/models/{name}/release-floor", json_body={"below": below})
+    if as_json:
+        print(json.dumps(change, indent=2))
+        return
+    if change["targets_version"] is None:
+        console.print(f"{name}: the release floor already is {change['release_floor']}; nothing signed")
+    else:
+        console.print(f"{name}: release floor {change['previous_floor']} → [bold]{change['release_floor']}[/bold], "
+                      f"signed in targets version {change['targets_version']}")
+    console.print(f"blocked versions: {', '.join(change['blocked_versions']) or 'none'}")
+    if change["devices_on_blocked"]:
+        console.print(f"[yellow]still running a blocked release[/yellow] (roll them forward): "
+                      f"{', '.join(change['devices_on_blocked'])}")

@@ -1,4 +1,5 @@
-"""Model registry routes (`/api/v1/models`): upload a release, watch its build, read its variants."""
+"""Model registry routes (`/api/v1/models`): upload a release, watch its build, read its variants,
+block known-bad releases with a signed release floor (`controller.registry.floors`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from controller.api.deps import Context, DbSession
 from controller.api.errors import AUTH_ERRORS, ErrorResponse, error_responses
 from controller.api.pagination import Page, Pagination, make_page, paginate
-from controller.auth import OperatorPrincipal, ViewerPrincipal
+from controller.auth import AdminPrincipal, OperatorPrincipal, ViewerPrincipal
 from controller.db.models import ModelRelease
+from controller.registry.floors import block_releases
 from controller.registry.service import ReleaseMeta
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=AUTH_ERRORS)
@@ -150,3 +152,34 @@ def get_model(name: str, version: str, db: DbSession, ctx: Context, who: ViewerP
 )
 def delete_model(name: str, version: str, db: DbSession, ctx: Context, who: OperatorPrincipal) -> None:
     ctx.registry.delete(db, name, version)
+
+
+class ReleaseFloorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"below": 4}]})
+    below: int = Field(ge=1, le=2**31 - 1, strict=True, description="Block every release whose counter is lower.")
+
+
+class ReleaseFloorOut(BaseModel):
+    model: str
+    release_floor: int
+    previous_floor: int
+    targets_version: int | None
+    blocked_versions: list[str]
+    devices_on_blocked: list[str]
+
+
+@router.put(
+    "/{name}/release-floor",
+    response_model=ReleaseFloorOut,
+    summary="Block every release of a model below a release counter, on every device",
+    description="Signs `below` as the model's release floor into the targets metadata with the release "
+    "key: devices refuse any assignment of a lower counter from their next verification on. Floors are "
+    "never lowered. 409 when the release key is offline (the floor must be signed where that key is) or "
+    "the floor would go down; 422 for a floor past the next release's counter. Devices already running "
+    "a blocked release keep it until assigned another; the answer lists them.",
+    responses={s: {"model": ErrorResponse} for s in (404, 409, 422, 503)},
+)
+def set_release_floor(name: str, body: ReleaseFloorIn, db: DbSession, ctx: Context,
+                      who: AdminPrincipal) -> ReleaseFloorOut:
+    change = block_releases(db, ctx.registry.publisher, name, body.below)
+    return ReleaseFloorOut(**vars(change))

@@ -7,7 +7,8 @@ transport). Keys come from the keyring folder made by `edgefleet keys init` (`se
     KeyringTrustRoots     the roots a device pins at enrollment (latest image root + director root)
     RepositoryPublisher   signs a release's targets into the repository with the online release key,
                           or stages them for the offline release key (`offline.py`) when the
-                          keyring holds no private `targets` key
+                          keyring holds no private `targets` key; signs per-model release floors
+                          (blocking known-bad releases) with the same key, under the same lock
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any
 from tuf.api.metadata import Metadata, Targets
 
 from controller.artifacts import ArtifactStore
-from controller.errors import Unavailable
+from controller.errors import Conflict, Unavailable
 from controller.registry.offline import OfflineSigningRepository
 from controller.settings import Settings
-from manifests.errors import KeyringError, ManifestError
+from manifests.errors import KeyringError, ManifestError, RepositoryWriteError
 from manifests.keyring import Keyring
 from manifests.repository import NewTarget
 
@@ -132,6 +133,34 @@ class RepositoryPublisher:
     def withdraw(self, names: Sequence[str]) -> None:
         with self.lock:
             self.repository().remove_targets(names)
+
+    def release_floors(self) -> dict[str, int]:
+        """Per-model minimum release counters signed in the current targets metadata."""
+        with self.lock:
+            return self.repository().release_floors()
+
+    def set_release_floor(self, model: str, release_counter: int) -> int:
+        """Sign `release_counter` as `model`'s floor into a new targets version; returns that version.
+
+        The floor lives in the targets metadata, so only the release key can sign it. When that key is
+        offline this controller cannot, and says where it has to happen instead of staging anything.
+        """
+        with self.lock:
+            if not self.has_release_key():
+                raise Conflict(
+                    f"the release key is offline (the keyring at {self._settings.resolved_keys_dir} holds no "
+                    f"private targets key), so this controller cannot sign a release floor for {model!r}. "
+                    "Sign it where the release key is: ImageRepository(store, keyring)"
+                    f".set_release_floor({model!r}, {release_counter}) over this repository's store "
+                    "(the controller then serves the new targets metadata)",
+                    details={"model": model, "release_floor": release_counter, "release_key": "offline"},
+                )
+            repo = self.repository()
+            try:
+                repo.set_release_floor(model, release_counter)
+            except RepositoryWriteError as e:
+                raise Conflict(str(e), details={"model": model, "release_floor": release_counter}) from e
+            return int(repo.targets().signed.version)
 
     def published_names(self) -> set[str]:
         with self.lock:

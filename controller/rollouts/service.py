@@ -28,7 +28,7 @@ from controller.db.models import Device, ModelRelease
 from controller.rollouts.assigner import AssignmentPolicies, DirectorAssigner
 from controller.rollouts.engine import RolloutEngine
 from controller.rollouts.errors import RolloutError
-from controller.rollouts.plan import DeviceInfo, Selector
+from controller.rollouts.plan import DeviceInfo, RolloutSpec, Selector
 from controller.rollouts.sql import PgRolloutLeases, SqlAssignmentLedger, SqlRolloutStore
 from manifests.assignment import ReleaseRef, TargetPin
 
@@ -81,13 +81,14 @@ def build_engine(
     targets_for: Callable[[ReleaseRef], Sequence[TargetPin]],
     policies_for: Callable[[ReleaseRef, str | None], AssignmentPolicies] | None = None,
     director_roots: Sequence[bytes] = (),
+    admit: Callable[[RolloutSpec], None] | None = None,
 ) -> RolloutEngine:
     """The app's rollout engine on its database and MQTT bridge (`ctx.extras["bridge"]`)."""
     bridge = ctx.extras["bridge"]
     assigner = DirectorAssigner(SqlAssignmentLedger(ctx.session_factory), signers, bridge, targets_for,
                                 policies_for=policies_for, director_roots=director_roots)
     engine = RolloutEngine(SqlRolloutStore(ctx.session_factory), DatabaseFleetView(ctx.session_factory), assigner,
-                           leases=PgRolloutLeases(ctx.engine))
+                           leases=PgRolloutLeases(ctx.engine), admit=admit)
     bridge.sink = EngineTee(bridge.sink, engine)
     ctx.extras["rollout_engine"] = engine
     ctx.extras["assigner"] = assigner
@@ -179,11 +180,16 @@ def attach_to_app(ctx: Any, keys_dir: Path, *, interval_s: float = 1.0) -> Engin
     except KeyringError as e:
         log.warning("rollouts disabled: director key unusable: %s", e)
         return None
+    from controller.registry.floors import floor_admission
+
+    floors = getattr(getattr(getattr(ctx, "registry", None), "publisher", None), "release_floors", None)
     engine = build_engine(
         ctx,
         signers=signers,
         targets_for=release_targets(ctx.session_factory),
         policies_for=release_policies(ctx.session_factory),
         director_roots=director_roots,
+        # a release below its model's signed floor is refused at creation (422 naming both numbers)
+        admit=floor_admission(ctx.session_factory, floors) if floors is not None else None,
     )
     return EngineRunner(engine, interval_s)
