@@ -177,9 +177,9 @@ def test_rollout_of_a_release_below_the_floor_is_refused_naming_both_numbers(
     _seed(env)
     assert _floor(env, 3).status_code == 200
 
-    def create(rollout_id: str, version: str) -> Any:
+    def create(rollout_id: str, version: str, **extra: Any) -> Any:
         body = {"id": rollout_id, "release": {"model": "digits", "version": version},
-                "selector": {"tags": ["lab"]}, "waves": [{"percent": 100, "soak_s": 0}]}
+                "selector": {"tags": ["lab"]}, "waves": [{"percent": 100, "soak_s": 0}], **extra}
         return env.client.post("/api/v1/rollouts", content=json.dumps(body), headers={
             **env.auth("operator"), "Content-Type": "application/json"})
 
@@ -189,3 +189,8 @@ def test_rollout_of_a_release_below_the_floor_is_refused_naming_both_numbers(
     assert "release counter 2" in message and "release floor 3" in message
     assert env.client.get("/api/v1/rollouts/r-old", headers=env.auth("viewer")).status_code == 404
     assert create("r-new", "3.0").status_code == 201
+    # a fleet rollback may only name a release the fleet ran (dev-new runs 3.0; nobody ever ran 9.0)
+    never = create("r-back-9", "9.0", rollback=True)
+    assert never.status_code == 422 and "runs on no device" in never.json()["error"]["message"]
+    back = create("r-back-3", "3.0", rollback=True)
+    assert back.status_code == 201 and back.json()["rollback"] is True

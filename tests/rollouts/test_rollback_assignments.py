@@ -3,13 +3,16 @@ waived, decoded from the real signed envelope a device would verify."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from tuf.api.metadata import Metadata, Root
 
 from agent import wire
 from controller.rollouts import FileRolloutStore, RolloutEngine, RolloutState
 from controller.rollouts.assigner import AssignmentPolicies, DirectorAssigner, FileAssignmentLedger
+from controller.rollouts.errors import PlanError
 from controller.rollouts.signals import DeviceState
 from manifests import director
 from manifests.assignment import Assignment, GatePolicy, ReleaseRef, TargetPin, from_dict
@@ -95,3 +98,15 @@ def test_revert_and_rollback_assignments_carry_the_relaxed_gate_and_nothing_else
     # while an ordinary assignment of the same release in the same rollout is a new, strict one
     assert assigner.assign(canary2, OLD, "r2") == operator_revert.version + 1
     assert signed(broker.retained[canary2], keys).gate.max_accuracy_drop == 0.02
+
+
+def test_rollback_flag_is_persisted_and_records_without_it_read_as_ordinary_rollouts() -> None:
+    from controller.rollouts.codec import spec_from_json, spec_to_json
+
+    marked = replace(spec(), release=OLD, rollback=True)
+    assert spec_from_json(spec_to_json(marked)) == marked
+    older = spec_to_json(spec())
+    del older["rollback"]  # written before the field existed
+    assert spec_from_json(older).rollback is False
+    with pytest.raises(PlanError, match="rollback must be true or false"):
+        spec_from_json({**spec_to_json(spec()), "rollback": "yes"})
