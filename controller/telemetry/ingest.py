@@ -1,36 +1,40 @@
-"""Telemetry ingest: decode on paho's thread, write in batches from one writer thread.
+"""Telemetry ingest: receive on paho's thread, decode and write in batches on one writer thread.
 
-    broker ──$share/telemetry/edgefleet/v1/+/telemetry──▶ TelemetrySubscriber (paho thread: bound,
-        decode, check topic, in-memory dedupe) ──▶ bounded queue ──▶ TelemetryWriter thread:
-        up to `max_batch` messages or `max_delay_s` ──▶ one transaction: batches + points
+    broker ──$share/telemetry/edgefleet/v1/+/telemetry──▶ TelemetrySubscriber (paho thread: append
+        (topic, bytes) to a deque, nothing else) ──▶ TelemetryWriter thread: up to `max_batch`
+        messages or `max_delay_s` ──▶ decode, check topic, in-memory dedupe (the subscriber's
+        `accept`) ──▶ one transaction: COPY batches + points
 
-Why a writer thread: one INSERT per message would cap ingest at the database's commit rate; grouping
-hundreds of messages into one transaction is what lets a single replica keep up with a fleet. Several
-replicas split the topic through the MQTT 5 shared subscription.
+Why so little on paho's thread: paho reads the socket, acknowledges QoS 1 and calls back in one
+Python thread; every microsecond of work there competes for the GIL with reading. Why a writer
+thread: one INSERT per message would cap ingest at the database's commit rate; grouping hundreds of
+messages into one transaction is what lets a single replica keep up with a fleet. Several replicas
+split the topic through the MQTT 5 shared subscription.
 
 Exactly-once storage: the in-memory `SequenceDeduper` drops most redeliveries; the unique
-(device, stream, seq) key on `telemetry_batches` catches the rest (a replica restart, another replica).
-Points are unique per (device, series, resolution, start) as well. A transaction that hits a conflict
-is retried message by message, skipping the duplicates.
+(device, stream, seq) key on `telemetry_batches` catches the rest (a replica restart, another replica):
+a flush that hits it is stored again in one transaction with ON CONFLICT DO NOTHING, keeping the
+batches the database did not have. Points are unique per (device, series, resolution, start) as well.
 
 Rejected payloads (invalid JSON, wrong schema, a device id other than the topic's, a histogram of
-another layout, oversized) are dropped and counted by reason in `stats`; nothing a device sends can
-stop ingest. When the queue is full (the database is down), the subscriber withholds nothing from
-paho but counts `dropped:backlog` — the agent's outbox already has the batch acknowledged, so this is
-the one place data can be lost, and it is counted and exported on /metrics.
+another layout, oversized, a NUL in a text field) are dropped and counted by reason in `stats`;
+nothing a device sends can stop ingest. When the backlog is full (the database is down), the
+subscriber withholds nothing from paho but counts `dropped:backlog` — the agent's outbox already has
+the batch acknowledged, so this is the one place data can be lost, and it is counted and exported on
+/metrics.
+
+Errors: none of its own. Bad payloads are `agent.wire.WireError`s (counted, never raised out of a
+callback); database failures are retried by the writer, then counted as `write_errors`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
 import threading
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -39,7 +43,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import Table, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,13 +51,10 @@ from agent import wire
 from agent.metrics.histogram import LatencyHistogram
 from agent.telemetry import wire as twire
 from controller.mqtt.dedupe import SequenceDeduper
+from controller.telemetry.rows import BATCH_COLUMNS, FlushRows, as_dicts, copy_text, storable
 from controller.telemetry.tables import ModelPointRow, SystemPointRow, TelemetryBatchRow
 
 log = logging.getLogger(__name__)
-
-
-def utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,15 @@ class IngestConfig:
     max_delay_s: float = 0.2
     max_queue: int = 20_000
     max_payload_bytes: int = twire.MAX_TELEMETRY_BYTES
+    retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the flush counts as lost
 
 
 class TelemetryWriter:
-    """Writes decoded batches in grouped transactions; `submit` is safe from any thread."""
+    """Decodes, deduplicates and stores received messages in grouped transactions.
+
+    `submit` (paho's thread) only appends the raw message to a deque: every microsecond spent there is
+    taken from reading the socket. Decoding and validation run here, a flush at a time, through the
+    `intake` the subscriber installs."""
 
     def __init__(self, session_factory: sessionmaker[Session], config: IngestConfig,
                  hardware_classes: dict[str, str] | None = None) -> None:
@@ -80,8 +86,10 @@ class TelemetryWriter:
         self.config = config
         self.stats: Counter[str] = Counter()
         self.last_lag_s = 0.0
-        self._pending_metrics: list[dict[str, Any]] = []
-        self._queue: queue.Queue[tuple[twire.TelemetryBatch, float]] = queue.Queue(config.max_queue)
+        self.intake: Callable[[str, bytes], twire.TelemetryBatch | None] | None = None
+        self._received: deque[tuple[str, bytes, float]] = deque()
+        self._in_flight = 0
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._hardware_classes = hardware_classes or {}
@@ -91,17 +99,19 @@ class TelemetryWriter:
         self.errors_by_version: Counter[tuple[str, str]] = Counter()
         self._metrics_lock = threading.Lock()
 
-    def submit(self, batch: twire.TelemetryBatch) -> bool:
-        try:
-            self._queue.put_nowait((batch, time.time()))
-            return True
-        except queue.Full:
+    def submit(self, topic: str, payload: bytes) -> bool:
+        """Queue one received message; False (counted as `dropped:backlog`) when the backlog is full."""
+        if len(self._received) >= self.config.max_queue:
             self.stats["dropped:backlog"] += 1
             return False
+        self._received.append((topic, payload, time.time()))
+        if not self._wake.is_set():
+            self._wake.set()
+        return True
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        return len(self._received) + self._in_flight
 
     def start(self) -> None:
         self._stop.clear()
@@ -110,40 +120,55 @@ class TelemetryWriter:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(10.0)
             self._thread = None
 
     def drain(self, timeout_s: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout_s
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while self.backlog and time.monotonic() < deadline:
             time.sleep(0.01)
-        return not self._queue.unfinished_tasks
+        return not self.backlog
 
     def _run(self) -> None:
-        while not (self._stop.is_set() and self._queue.empty()):
-            try:
-                first = self._queue.get(timeout=0.1)
-            except queue.Empty:
+        while not (self._stop.is_set() and not self._received):
+            if not self._received:
+                self._wake.wait(0.1)
+                self._wake.clear()
                 continue
-            group = [first]
+            # Wait up to max_delay_s for a full group: fewer, larger transactions under load.
             deadline = time.monotonic() + self.config.max_delay_s
-            while len(group) < self.config.max_batch:
-                try:
-                    group.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
+            while len(self._received) < self.config.max_batch and not self._stop.is_set():
+                remaining_s = deadline - time.monotonic()
+                if remaining_s <= 0:
                     break
+                time.sleep(min(remaining_s, 0.005))
+            count = min(len(self._received), self.config.max_batch)
+            self._in_flight = count
+            group = [self._received.popleft() for _ in range(count)]
             try:
-                self._write_with_retries([b for b, _ in group])
-                self.last_lag_s = max(0.0, time.time() - min(t for _, t in group))
+                batches = self._decode(group)
+                if batches:
+                    self._write_with_retries(batches)
+                self.last_lag_s = max(0.0, time.time() - min(t for _, _, t in group))
             finally:
-                for _ in group:
-                    self._queue.task_done()
+                self._in_flight = 0
+
+    def _decode(self, group: list[tuple[str, bytes, float]]) -> list[twire.TelemetryBatch]:
+        if self.intake is None:
+            raise RuntimeError("telemetry writer has no intake to decode messages with")
+        accepted = []
+        for topic, payload, _ in group:
+            batch = self.intake(topic, payload)
+            if batch is not None:
+                accepted.append(batch)
+        return accepted
 
     def _write_with_retries(self, batches: list[twire.TelemetryBatch]) -> None:
         """The broker already acknowledged these: try hard (a database restart takes seconds) before
         counting them lost."""
-        for attempt, delay_s in enumerate((0.5, 1.0, 2.0, 4.0, 8.0, None)):
+        for attempt, delay_s in enumerate(self.config.retry_delays_s + (None,)):
             try:
                 self.write(batches)
                 return
@@ -155,97 +180,43 @@ class TelemetryWriter:
                 self.stats["write_retries"] += 1
 
     def write(self, batches: Sequence[twire.TelemetryBatch]) -> int:
-        """Store `batches` (duplicates skipped); returns how many were new."""
+        """Store `batches` (duplicates skipped); returns how many were new.
+
+        The fast path inserts everything without looking (COPY on PostgreSQL) in one transaction and
+        fails on any duplicate; then the flush is stored again, tolerantly, in one more transaction:
+        batches the database already has are skipped, and so are points it already has (a point
+        repeated by a device that crashed between its spool and its outbox)."""
+        rows = FlushRows.build(batches, time.time(), self._hardware_classes)
+        self.stats["duplicates"] += rows.repeated
+        if not rows.batches:
+            return 0
         try:
             with self.session_factory() as session:
-                self._pending_metrics = []
-                new = self._insert(session, batches)
+                for table, columns, values in rows.tables():
+                    if values:
+                        _bulk_insert(session, table, columns, values)
                 session.commit()
-                self._count_metrics(self._pending_metrics)
-                return new
+            new = rows
         except (IntegrityError, psycopg.errors.UniqueViolation):
             self.stats["conflict_retries"] += 1
-        new = 0
-        for batch in batches:  # another replica stored some, or a point came twice: one by one, tolerantly
-            try:
-                with self.session_factory() as session:
-                    self._pending_metrics = []
-                    new += self._insert(session, [batch], tolerant=True)
-                    session.commit()
-                    self._count_metrics(self._pending_metrics)
-            except (IntegrityError, psycopg.errors.UniqueViolation):
-                self.stats["duplicates"] += 1
-        return new
+            with self.session_factory() as session:
+                new = rows.only(_insert_new_batches(session, rows))
+                for table, columns, values in new.tables()[1:]:
+                    if values:
+                        _insert_skipping_duplicates(session, table, columns, values)
+                session.commit()
+            self.stats["duplicates"] += len(rows.batches) - len(new.batches)
+        self.stats["batches"] += len(new.batches)
+        self.stats["model_points"] += len(new.models)
+        self._count_metrics(new)
+        return len(new.batches)
 
-    def _insert(self, session: Session, batches: Sequence[twire.TelemetryBatch], tolerant: bool = False) -> int:
-        """The fast path inserts without looking (COPY on PostgreSQL) and fails on any duplicate point;
-        the `tolerant` path skips points already stored (a point repeated by a device that crashed
-        between its spool and its outbox)."""
-        keys = {(b.device_id, b.stream, b.seq) for b in batches}
-        seen: set[tuple[str, str, int]] = {
-            (r[0], r[1], r[2]) for r in session.execute(
-                select(TelemetryBatchRow.device_id, TelemetryBatchRow.stream, TelemetryBatchRow.seq).where(
-                    tuple_(TelemetryBatchRow.device_id, TelemetryBatchRow.stream, TelemetryBatchRow.seq).in_(keys)
-                )
-            )
-        }
-        batch_rows: list[dict[str, Any]] = []
-        model_rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-        system_rows: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for b in batches:
-            key = (b.device_id, b.stream, b.seq)
-            if key in seen:
-                self.stats["duplicates"] += 1
-                continue
-            seen.add(key)
-            batch_rows.append({"device_id": b.device_id, "stream": b.stream, "seq": b.seq,
-                               "received_at": utc(time.time()), "sent_at": utc(b.sent_at),
-                               "points": len(b.points), "dropped_points": b.dropped_points,
-                               "rolled_up_points": b.rolled_up_points})
-            hardware_class = b.hardware_class or self._hardware_classes.get(b.device_id, "")
-            for p in b.points:
-                start = utc(p.start_s)
-                system_rows[(b.device_id, p.resolution_s, start)] = {
-                    "device_id": b.device_id, "resolution_s": p.resolution_s, "start_at": start,
-                    "end_at": utc(p.end_s), "samples": p.samples, "cpu_pct": p.system.cpu_pct,
-                    "mem_used_mb": p.system.mem_used_mb, "disk_used_pct": p.system.disk_used_pct,
-                    "temp_max_c": max(p.system.temps_c.values()) if p.system.temps_c else None,
-                    "temps_c": dict(p.system.temps_c),
-                }
-                for m in p.models:
-                    h = m.latency
-                    model_rows[(b.device_id, m.model, m.version, m.variant, p.resolution_s, start)] = {
-                        "device_id": b.device_id, "hardware_class": hardware_class, "model": m.model,
-                        "version": m.version, "variant": m.variant, "resolution_s": p.resolution_s,
-                        "start_at": start, "end_at": utc(p.end_s), "requests": m.requests, "errors": m.errors,
-                        "latency_count": h.count, "latency_sum_s": h.sum_s, "latency_max_s": h.max_s,
-                        "buckets": {str(i): c for i, c in enumerate(h.counts) if c},
-                    }
-        if not batch_rows:
-            return 0
-        for table, values in ((TelemetryBatchRow, batch_rows), (SystemPointRow, list(system_rows.values())),
-                              (ModelPointRow, list(model_rows.values()))):
-            if values and tolerant and table is not TelemetryBatchRow:
-                _insert_skipping_duplicates(session, table, values)
-            elif values:
-                _bulk_insert(session, table, values)
-        self.stats["batches"] += len(batch_rows)
-        self.stats["model_points"] += len(model_rows)
-        self._pending_metrics = list(model_rows.values())
-        return len(batch_rows)
-
-    def _count_metrics(self, model_rows: Sequence[dict[str, Any]]) -> None:
+    def _count_metrics(self, rows: FlushRows) -> None:
         with self._metrics_lock:
-            for row in model_rows:
-                key = (row["model"], row["version"])
-                h = self.latency_by_version.setdefault(key, LatencyHistogram())
-                for index, count in row["buckets"].items():
-                    h.counts[int(index)] += count
-                h.count += row["latency_count"]
-                h.sum_s += row["latency_sum_s"]
-                h.max_s = max(h.max_s, row["latency_max_s"])
-                self.requests_by_version[key] += row["requests"]
-                self.errors_by_version[key] += row["errors"]
+            for key, requests, errors, latency in rows.model_histograms():
+                self.latency_by_version.setdefault(key, LatencyHistogram()).merge(latency)
+                self.requests_by_version[key] += requests
+                self.errors_by_version[key] += errors
 
     def metrics_snapshot(self) -> list[tuple[tuple[str, str], int, int, LatencyHistogram]]:
         with self._metrics_lock:
@@ -253,24 +224,27 @@ class TelemetryWriter:
                     for k, h in sorted(self.latency_by_version.items())]
 
 
-def _bulk_insert(session: Session, table: Any, values: list[dict[str, Any]]) -> None:
-    """Insert many rows in the session's transaction: COPY on PostgreSQL (one round trip instead of one
-    statement per row, ≈3x the ingest rate), an executemany elsewhere."""
+_TABLES: dict[str, Table] = {
+    "telemetry_batches": TelemetryBatchRow.__table__,  # type: ignore[dict-item]
+    "telemetry_system_points": SystemPointRow.__table__,  # type: ignore[dict-item]
+    "telemetry_model_points": ModelPointRow.__table__,  # type: ignore[dict-item]
+}
+
+
+def _bulk_insert(session: Session, table: str, columns: Sequence[str], values: list[tuple[Any, ...]]) -> None:
+    """Insert many rows in the session's transaction: one COPY on PostgreSQL (one round trip, the rows
+    rendered as COPY text here rather than adapted value by value), an executemany elsewhere."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        session.execute(insert(table), values)
+        connection.execute(insert(_TABLES[table]), as_dicts(columns, values))
         return
-    columns = list(values[0])
     driver = connection.connection.driver_connection
     assert driver is not None
-    with driver.cursor() as cursor:
-        statement = f"COPY {table.__tablename__} ({', '.join(columns)}) FROM STDIN"
-        with cursor.copy(statement) as copy:
-            for row in values:
-                copy.write_row([json.dumps(v) if isinstance(v, dict) else v for v in (row[c] for c in columns)])
+    with driver.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        copy.write(copy_text(columns, values))
 
 
-def _insert_skipping_duplicates(session: Session, table: Any, values: list[dict[str, Any]]) -> None:
+def _dialect_insert(session: Session, table: str) -> Any:
     dialect = session.connection().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
@@ -278,7 +252,21 @@ def _insert_skipping_duplicates(session: Session, table: Any, values: list[dict[
         from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
     else:
         raise RuntimeError(f"telemetry ingest supports SQLite and PostgreSQL, not {dialect}")
-    session.execute(dialect_insert(table).on_conflict_do_nothing(), values)
+    return dialect_insert(_TABLES[table]).on_conflict_do_nothing()
+
+
+def _insert_new_batches(session: Session, rows: FlushRows) -> set[tuple[str, str, int]]:
+    """Insert the flush's batch rows the database does not have; returns the keys of those inserted.
+    The unique key decides (not a read before the insert), so two replicas racing cannot both win."""
+    t = _TABLES["telemetry_batches"]
+    statement = _dialect_insert(session, "telemetry_batches").returning(t.c.device_id, t.c.stream, t.c.seq)
+    inserted = session.connection().execute(statement, as_dicts(BATCH_COLUMNS, list(rows.batches.values())))
+    return {(r[0], r[1], r[2]) for r in inserted}
+
+
+def _insert_skipping_duplicates(session: Session, table: str, columns: Sequence[str],
+                                values: list[tuple[Any, ...]]) -> None:
+    session.connection().execute(_dialect_insert(session, table), as_dicts(columns, values))
 
 
 class TelemetrySubscriber:
@@ -293,6 +281,7 @@ class TelemetrySubscriber:
         self.connected = threading.Event()  # set once the subscription is granted, not at CONNACK
         self.last_drop = ""
         self.protocol: MQTTProtocolVersion | None = None
+        writer.intake = self.accept
         self._client = self._build(mqtt.MQTTv5)
 
     def _build(self, protocol: MQTTProtocolVersion) -> mqtt.Client:
@@ -355,22 +344,31 @@ class TelemetrySubscriber:
         self.connected.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.writer.submit(message.topic, bytes(message.payload))
+
+    def accept(self, topic: str, payload: bytes) -> twire.TelemetryBatch | None:
+        """The batch in one received message, None when it is invalid (counted as `rejected`, the
+        reason kept in `last_drop`) or a duplicate (counted). Runs on the writer's thread."""
         try:
-            self.handle(message.topic, bytes(message.payload))
+            return self.handle(topic, payload)
         except wire.WireError as e:
             self.stats["rejected"] += 1
-            self.last_drop = f"{message.topic}: {e}"
+            self.last_drop = f"{topic}: {e}"
+            return None
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Validate one message and queue it for the writer; raises WireError for invalid ones."""
+    def handle(self, topic: str, payload: bytes) -> twire.TelemetryBatch | None:
+        """Validate one message: the batch, or None for a duplicate; raises WireError for invalid ones."""
         device_id, channel = wire.parse_topic(topic)
         if channel != "telemetry":
             raise wire.WireError(f"unexpected channel {channel!r}")
         batch = twire.decode(payload, max_bytes=self.config.max_payload_bytes)
         if batch.device_id != device_id:
             raise wire.WireError(f"payload names device {batch.device_id!r} but came on {topic!r}")
+        unstorable = storable(batch)
+        if unstorable is not None:
+            raise wire.WireError(f"telemetry batch {device_id}/{batch.seq}: {unstorable}")
         self.stats["received"] += 1
         if not self.deduper.first_time(device_id, batch.stream, batch.seq):
             self.stats["duplicates"] += 1
-            return
-        self.writer.submit(batch)
+            return None
+        return batch
