@@ -3,8 +3,9 @@
     {"error": {"code": "not_found", "message": "device dev-1 does not exist", "details": {}}}
 
 Domain errors (`controller.errors`) carry their code and status; request validation failures become
-`invalid_request` (422) with the offending fields in `details`; anything unexpected is a 500 whose
-message says nothing about internals (the log has the traceback).
+`invalid_request` (422) with the offending fields in `details`, and so do values the database itself
+refuses (`DataError`: NUL characters in text, numbers past a column's width); anything unexpected is a
+500 whose message says nothing about internals (the log has the traceback).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.errors import ControllerError, RateLimited
@@ -97,6 +99,14 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         code = _HTTP_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value that passed validation (a NUL character in text on PostgreSQL, a
+        # number past a column's width): the client's input, so a 422; the request's session rolls back.
+        log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc.orig)
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else "value out of range"
+        return error_response(422, "invalid_request", f"a value was refused by the database: {reason}")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,6 +1,6 @@
 """Bad input never gets a 500: every operation of the controller's OpenAPI, fuzzed by schemathesis.
 
-The app is the real one (`create_app`) on SQLite in a temporary folder, with its lifespan running
+The app is the real one (`create_app`) on SQLite in a temporary folder and on PostgreSQL, with its lifespan running
 (migrations, build worker, repository refresher, MQTT bridge to a real Mosquitto, rollout engine), so
 the rollout routes answer instead of their "no engine" 503. Each operation gets a bounded number of
 generated requests, authenticated as admin, and each answer must:
@@ -25,6 +25,8 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -42,7 +44,7 @@ from controller.app import create_app
 from controller.auth import create_api_token
 from controller.settings import Settings
 from manifests.keyring import Keyring
-from tests.controller.conftest import ControllerEnv
+from tests.controller.conftest import ControllerEnv, new_pg_database
 from tests.services import Mosquitto
 
 EXCLUDED = {("POST", "/api/v1/models")}
@@ -88,6 +90,9 @@ FUZZED = {
 #: Per operation; small enough that the file runs in well under a minute on two loaded cores.
 MAX_EXAMPLES = 25
 BASE_URL = "http://testserver"
+FUZZ_DEVICE_ID = "fuzz-dev-1"
+#: Path parameters that name objects the fixture created, used for a share of the valid requests.
+KNOWN_PATH_VALUES = {"device_id": FUZZ_DEVICE_ID}
 #: Operations whose answers are in the error format but not yet documented in the OpenAPI; strict, so
 #: the mark must go once the route documents them.
 KNOWN_UNDOCUMENTED = {
@@ -130,15 +135,23 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
         server.close()
 
 
-@pytest.fixture(scope="module")
-def fuzz_target(tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto) -> Iterator[FuzzTarget]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def fuzz_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto
+) -> Iterator[FuzzTarget]:
+    """The app on SQLite and on PostgreSQL: only the latter enforces column lengths, integer widths and
+    refuses NUL characters in text, so each database finds its own 500s."""
     root = tmp_path_factory.mktemp("api-fuzz")
+    if request.param == "sqlite":
+        database_url = f"sqlite:///{root / 'controller.db'}"
+    else:
+        database_url = new_pg_database(request.getfixturevalue("pg_server"))
     state = root / "state"
     Keyring.create(state / "keys")
     app = create_app(
         Settings(
             state_dir=state,
-            database_url=f"sqlite:///{root / 'controller.db'}",
+            database_url=database_url,
             mqtt_bridge=True,
             mqtt_host="127.0.0.1",
             mqtt_port=broker.port,
@@ -148,7 +161,21 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto) -> 
     with TestClient(app, base_url=BASE_URL, raise_server_exceptions=False) as client:
         target = FuzzTarget(client=client, app=app)
         target.mint_admin()
+        _enroll(client, target.admin_token, FUZZ_DEVICE_ID)
         yield target
+
+
+def _enroll(client: TestClient, admin_token: str, device_id: str) -> None:
+    """A real enrolled device, so that `{device_id}` routes reach their handlers, not only their 404."""
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    token = client.post("/api/v1/enrollment-tokens", json={"tags": ["fuzz"]}, headers=auth).json()["token"]
+    public_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    response = client.post("/api/v1/enroll", json={
+        "token": token, "public_key": public_pem, "hardware_class": "x86_64-cpu", "device_id": device_id,
+    })
+    assert response.status_code == 201, response.text
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +229,9 @@ def _operation(schema: Any, method: str, path: str) -> Any:
 def _cases(operation: Any) -> st.SearchStrategy[Any]:
     """Valid requests (reach the handlers) and invalid ones (reach validation and the error format)."""
     strategies = [operation.as_strategy(GenerationMode.POSITIVE)]
+    known = {p.name: KNOWN_PATH_VALUES[p.name] for p in operation.path_parameters if p.name in KNOWN_PATH_VALUES}
+    if known:
+        strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=known))
     if operation.path_parameters or operation.query or operation.body:
         strategies.append(operation.as_strategy(GenerationMode.NEGATIVE))
     return st.one_of(strategies)
@@ -322,3 +352,23 @@ def test_not_found_and_pem_answers_are_documented(env: ControllerEnv) -> None:
     assert "401" in paths["/api/v1/device/self"]["get"]["responses"]
     pem = paths["/api/v1/ca/certificate"]["get"]["responses"]["200"]["content"]
     assert "application/x-pem-file" in pem
+
+
+def test_text_the_database_refuses_is_an_invalid_request_and_nothing_is_written(env: ControllerEnv) -> None:
+    """PostgreSQL refuses NUL characters in text; SQLite stores them. Either way: no 500, nothing half-done."""
+    admin = env.auth("admin")
+    before = env.client.get("/api/v1/tokens", headers=admin).json()["total"]
+    response = env.client.post("/api/v1/tokens", json={"name": "a\u0000b", "role": "viewer"}, headers=admin)
+    assert response.status_code in (201, 422), response.text
+    after = env.client.get("/api/v1/tokens", headers=admin).json()["total"]
+    if response.status_code == 422:
+        _check_error_format(response)
+        assert "database" in response.json()["error"]["message"]
+        assert after == before
+    else:
+        assert after == before + 1
+    for path in ("/api/v1/devices", "/api/v1/telemetry/latency"):
+        response = env.client.get(path, params={"model": "m\x00"}, headers=admin)
+        assert response.status_code in (200, 422), response.text
+        if response.status_code == 422:
+            _check_error_format(response)
