@@ -10,8 +10,11 @@
 (b) and (c) are driven by `wrk` (C, from Debian) with a Lua script for the body, so the load
 generator does not take the server's CPU the way a Python client would; wrk's own CPU share of
 the machine is printed. Models: a MobileNetV2-shaped CNN at 224x224 (random weights) and the
-digits MLP. Both servers stay up and (a), (b), (c) are measured in turn, round after round; each
-figure is the median over the rounds, so drift on a shared machine hits them alike.
+digits MLP. All servers stay up and (a), (b), (c) are measured in turn, round after round (the
+bare loop before and after the servers in each round); ratios are taken inside each round and
+each headline is the median of the per-round figures, printed with their quartiles and extremes,
+so drift on a shared machine hits both sides of a ratio alike. Each server's CPU time per
+request (from /proc) and the agent's batch sizes (from its stats endpoint) are printed too.
 
 Headline (last line, one JSON object): cnn_ratio_vs_bare = (b)/(a) and cnn_ratio_vs_naive =
 (b)/(c) in images/s at 16 connections; mlp_p50_overhead_us = p50 of (b) at one connection minus
@@ -141,13 +144,45 @@ def bare_loop(model: Path, x: np.ndarray, threads: int, duration_s: float) -> di
     for _ in range(5):
         session.run({name: x})
     times = []
+    cpu_start_s = time.process_time()  # every thread of this process: the runtime's own threads included
     deadline = time.perf_counter() + duration_s
     while time.perf_counter() < deadline or len(times) < 20:
         t0 = time.perf_counter()
         session.run({name: x})
         times.append(time.perf_counter() - t0)
+    cpu_s = time.process_time() - cpu_start_s
     session.close()
-    return {"per_s": len(times) / sum(times), "p50_us": statistics.median(times) * 1e6}
+    return {"per_s": len(times) / sum(times), "p50_us": statistics.median(times) * 1e6,
+            "cpu_us_per_call": cpu_s / len(times) * 1e6}
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_rows(port: int) -> dict[int, int]:
+    """The agent's batches by row count so far (its stats endpoint)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/edgefleet/models/m/stats", timeout=10) as r:
+        doc = json.load(r)
+    return {int(k): int(v) for k, v in doc["current"]["stats"].get("batch_rows", {}).items()}
+
+
+def measure_server(srv: Server, url: str, body: bytes, headers: dict[str, str], connections: int,
+                   duration_s: float, workdir: Path, agent: bool) -> dict[str, Any]:
+    """One wrk run against `srv`, plus the server's CPU per request and (agent) the batches it formed."""
+    before = batch_rows(srv.port) if agent else {}
+    cpu_before_s = process_cpu_s(srv.proc.pid)
+    figures = run_wrk(url, body, headers, connections, duration_s, workdir)
+    cpu_s = process_cpu_s(srv.proc.pid) - cpu_before_s
+    figures["server_cpu_us_per_req"] = cpu_s / max(1, figures["requests"]) * 1e6
+    if agent:
+        after = batch_rows(srv.port)
+        figures["batch_rows"] = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    return figures
 
 
 def binary_body(input_name: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -205,13 +240,26 @@ def naive_server(model: Path, threads: int, workdir: Path) -> Server:
     return Server(cmd, port, "/docs", env={"MODEL": str(model), "THREADS": str(threads)})
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, quartiles and extremes of per-round figures: how far one round can be trusted."""
+    ordered = sorted(values)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return {"median": statistics.median(ordered), "q1": q1, "q3": q3, "min": ordered[0], "max": ordered[-1]}
+
+
 def measure_model(label: str, model: Path, x: np.ndarray, threads: int, args: argparse.Namespace,
                   workdir: Path, connections: list[int], agents: dict[str, tuple[int, int]]) -> dict[str, Any]:
     """(a), each agent configuration and (c), interleaved round by round with all servers up.
 
     `agents` maps a label to (workers, intra-op threads per worker). On a shared machine the
-    background load changes from second to second; measuring everything in turn, several times,
-    and taking medians lets the load hit all of them alike instead of one of them.
+    background load changes from second to second, so every round measures the bare loop before
+    and after the servers (their mean is that round's baseline) and the servers in a rotating
+    order; ratios are taken inside each round and the figure is the median of the per-round
+    ratios, with the quartiles and extremes beside it. CPU time per request (from /proc) is
+    reported too: it moves much less with the machine's load than throughput does.
     """
     d = args.duration_s
     body, headers = binary_body("input", x)
@@ -229,11 +277,16 @@ def measure_model(label: str, model: Path, x: np.ndarray, threads: int, args: ar
         for c in connections:  # warm every server's connection path and session
             for url, b, h in targets.values():
                 run_wrk(url, b, h, c, 1, workdir)
-        for _ in range(args.rounds):
-            r: dict[str, Any] = {"bare": bare_loop(model, x, threads, d / 2)}
+        names = list(targets)
+        for i in range(args.rounds):
+            before = bare_loop(model, x, threads, d / 2)
+            r: dict[str, Any] = {}
             for c in connections:
-                for name, (url, b, h) in targets.items():
-                    r[f"{name}_c{c}"] = run_wrk(url, b, h, c, d, workdir)
+                for name in names[i % len(names):] + names[:i % len(names)]:
+                    url, b, h = targets[name]
+                    r[f"{name}_c{c}"] = measure_server(servers[name], url, b, h, c, d, workdir, name != "naive")
+            after = bare_loop(model, x, threads, d / 2)
+            r["bare"] = {k: (before[k] + after[k]) / 2 for k in before}
             rounds.append(r)
     finally:
         for srv in servers.values():
@@ -242,28 +295,45 @@ def measure_model(label: str, model: Path, x: np.ndarray, threads: int, args: ar
     def median(key: str, field: str) -> float:
         return float(statistics.median(r[key][field] for r in rounds))
 
-    result: dict[str, Any] = {"threads": threads, "rounds": len(rounds)}
-    result["bare"] = {"per_s": median("bare", "per_s"), "p50_us": median("bare", "p50_us"),
-                      "per_s_rounds": [round(r["bare"]["per_s"], 1) for r in rounds]}
+    result: dict[str, Any] = {"threads": threads, "rounds": len(rounds), "per_round": rounds}
+    result["bare"] = {f: median("bare", f) for f in ("per_s", "p50_us", "cpu_us_per_call")}
+    result["bare"]["per_s_rounds"] = [round(r["bare"]["per_s"], 1) for r in rounds]
     for key in rounds[0]:
         if key == "bare":
             continue
-        result[key] = {f: median(key, f) for f in ("req_s", "p50_us", "p99_us", "client_cpu_share")}
+        result[key] = {f: median(key, f) for f in ("req_s", "p50_us", "p99_us", "client_cpu_share",
+                                                   "server_cpu_us_per_req")}
         result[key]["errors"] = sum(r[key]["socket_errors"] + r[key]["non2xx"] for r in rounds)
         result[key]["req_s_rounds"] = [round(r[key]["req_s"], 1) for r in rounds]
+        if "batch_rows" in rounds[0][key]:
+            histogram: dict[int, int] = {}
+            for r in rounds:
+                for rows, n in r[key]["batch_rows"].items():
+                    histogram[rows] = histogram.get(rows, 0) + n
+            result[key]["batch_rows"] = dict(sorted(histogram.items()))
+            result[key]["mean_batch_rows"] = (sum(k * n for k, n in histogram.items())
+                                              / max(1, sum(histogram.values())))
     print(f"\n{label}: input {list(x.shape)}, {len(body)} B binary / {len(naive_body)} B JSON; "
-          f"bare and naive with {threads} intra-op thread(s); median of {len(rounds)} interleaved rounds")
+          f"bare and naive with {threads} intra-op thread(s); medians of {len(rounds)} interleaved rounds")
     print(f"  (a) bare ORT batch 1                         {result['bare']['per_s']:9.1f} /s   "
-          f"p50 {result['bare']['p50_us']:8.1f} µs   rounds {result['bare']['per_s_rounds']}")
+          f"p50 {result['bare']['p50_us']:8.1f} µs   CPU/call {result['bare']['cpu_us_per_call']:8.1f} µs   "
+          f"rounds {result['bare']['per_s_rounds']}")
     for c in connections:
         for name in [*agents, "naive"]:
             m = result[f"{name}_c{c}"]
             title = ("(c) naive FastAPI JSON" if name == "naive" else
                      f"(b) {name} binary {agents[name][0]}x{agents[name][1]}")
             print(f"  {title:38s} c={c:<3d}{m['req_s']:9.1f} /s   p50 {m['p50_us']:8.0f} µs   "
-                  f"p99 {m['p99_us']:8.0f} µs   errors {m['errors']}   wrk CPU {100 * m['client_cpu_share']:.1f} %   "
-                  f"rounds {m['req_s_rounds']}")
+                  f"p99 {m['p99_us']:8.0f} µs   CPU/req {m['server_cpu_us_per_req']:8.1f} µs   errors {m['errors']}   "
+                  f"wrk CPU {100 * m['client_cpu_share']:.1f} %   rounds {m['req_s_rounds']}")
+            if "batch_rows" in m:
+                print(f"      batches by rows {m['batch_rows']} (mean {m['mean_batch_rows']:.1f})")
     return result
+
+
+def round_ratios(result: dict[str, Any], key: str, field: str = "req_s") -> list[float]:
+    """`key`'s throughput over the bare loop's, inside each round."""
+    return [r[key][field] / r["bare"]["per_s"] for r in result["per_round"]]
 
 
 def main() -> int:
@@ -271,7 +341,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs (under 60 s in all)")
     parser.add_argument("--duration-s", type=float, default=None, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2, quick 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 1)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--cnn-threads", type=int, default=None, help="default: the CPUs this process may use")
     parser.add_argument("--mlp-threads", type=int, default=1)
@@ -280,8 +350,8 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
-    args.duration_s = args.duration_s or (2.0 if args.quick else 8.0)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration_s = args.duration_s or (2.0 if args.quick else 4.0)
+    args.rounds = args.rounds or (1 if args.quick else 7)
     cnn_threads = args.cnn_threads or RuntimeOptions().resolved_intra_op_threads()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         workdir = Path(tmp)
@@ -300,20 +370,32 @@ def main() -> int:
         mlp_result = measure_model("digits MLP 64-128-10", mlp.path, x_mlp, args.mlp_threads, args, workdir,
                                    [1, args.connections], {"agent": (workers, args.mlp_threads)})
     c = args.connections
+    cnn_vs_bare = spread(round_ratios(cnn_result, f"agent_c{c}"))
+    cnn_vs_naive = spread([r[f"agent_c{c}"]["req_s"] / r[f"naive_c{c}"]["req_s"] for r in cnn_result["per_round"]])
+    mlp_overhead = spread([r["agent_c1"]["p50_us"] - r["bare"]["p50_us"] for r in mlp_result["per_round"]])
     figures = {
-        "cnn_ratio_vs_bare": cnn_result[f"agent_c{c}"]["req_s"] / cnn_result["bare"]["per_s"],
-        "cnn_ratio_vs_naive": cnn_result[f"agent_c{c}"]["req_s"] / cnn_result[f"naive_c{c}"]["req_s"],
-        "cnn_latency_first_ratio_vs_bare": cnn_result[f"agent_latency_first_c{c}"]["req_s"] / cnn_result["bare"]["per_s"],
-        # the same ratio inside each round (measured seconds apart, so less exposed to drift)
-        "cnn_ratio_vs_bare_rounds": [round(a / b, 3) for a, b in zip(
-            cnn_result[f"agent_c{c}"]["req_s_rounds"], cnn_result["bare"]["per_s_rounds"], strict=True)],
-        "mlp_p50_overhead_us": mlp_result["agent_c1"]["p50_us"] - mlp_result["bare"]["p50_us"],
+        # medians of the per-round figures (each round's ratio is taken seconds apart, so drift in
+        # the machine's load hits both sides of it alike)
+        "cnn_ratio_vs_bare": cnn_vs_bare["median"],
+        "cnn_ratio_vs_naive": cnn_vs_naive["median"],
+        "mlp_p50_overhead_us": mlp_overhead["median"],
+        "cnn_ratio_vs_bare_spread": cnn_vs_bare,
+        "cnn_ratio_vs_naive_spread": cnn_vs_naive,
+        "mlp_p50_overhead_us_spread": mlp_overhead,
+        "cnn_latency_first_ratio_vs_bare": statistics.median(round_ratios(cnn_result, f"agent_latency_first_c{c}")),
+        "cnn_ratio_vs_bare_rounds": [round(v, 3) for v in round_ratios(cnn_result, f"agent_c{c}")],
+        # CPU per image: agent (whole server process) vs the bare loop; < 1 means serving costs less CPU
+        "cnn_cpu_ratio_agent_vs_bare": (cnn_result[f"agent_c{c}"]["server_cpu_us_per_req"]
+                                        / cnn_result["bare"]["cpu_us_per_call"]),
+        "cnn_mean_batch_rows": cnn_result[f"agent_c{c}"]["mean_batch_rows"],
         "cnn_bare_per_s": cnn_result["bare"]["per_s"],
         "cnn_agent_per_s": cnn_result[f"agent_c{c}"]["req_s"],
         "cnn_naive_per_s": cnn_result[f"naive_c{c}"]["req_s"],
         "mlp_bare_call_us": mlp_result["bare"]["p50_us"],
         "mlp_agent_p50_us_c1": mlp_result["agent_c1"]["p50_us"],
         "mlp_naive_p50_us_c1": mlp_result["naive_c1"]["p50_us"],
+        "mlp_agent_cpu_us_per_req_c1": mlp_result["agent_c1"]["server_cpu_us_per_req"],
+        f"mlp_agent_cpu_us_per_req_c{c}": mlp_result[f"agent_c{c}"]["server_cpu_us_per_req"],
         "mlp_agent_per_s": mlp_result[f"agent_c{c}"]["req_s"],
         "mlp_naive_per_s": mlp_result[f"naive_c{c}"]["req_s"],
         "client_cpu_share_max": max(r["client_cpu_share"] for res in (cnn_result, mlp_result)
@@ -326,11 +408,19 @@ def main() -> int:
         "agent_workers": workers,
         "cnn_agent_threads_per_worker": threads_per_worker(workers),
         "mlp_threads": args.mlp_threads,
+        "load_average_start": load,
     }
-    print(f"\nCNN: agent/bare {figures['cnn_ratio_vs_bare']:.2f}x (goal >= 1.0), agent/naive "
-          f"{figures['cnn_ratio_vs_naive']:.1f}x (goal >= 5); MLP p50 overhead at one connection "
-          f"{figures['mlp_p50_overhead_us']:.0f} µs (goal <= 200)")
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
+    print(f"\nCNN: agent/bare {figures['cnn_ratio_vs_bare']:.2f}x (goal >= 1.0; rounds "
+          f"{cnn_vs_bare['min']:.2f}..{cnn_vs_bare['max']:.2f}), agent/naive {figures['cnn_ratio_vs_naive']:.1f}x "
+          f"(goal >= 5); MLP p50 overhead at one connection {figures['mlp_p50_overhead_us']:.0f} µs "
+          f"(goal <= 200; rounds {mlp_overhead['min']:.0f}..{mlp_overhead['max']:.0f})")
+
+    def rounded(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: rounded(x) for k, x in v.items()}
+        return round(v, 4) if isinstance(v, float) else v
+
+    print(json.dumps(rounded(figures)))
     return 0
 
 

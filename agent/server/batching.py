@@ -258,6 +258,7 @@ class Batcher:
         stats = version.stats
         stats.batches += 1
         stats.rows += total_rows or 1
+        stats.batch_rows[total_rows or 1] = stats.batch_rows.get(total_rows or 1, 0) + 1
         stats.nonfinite_rows += nonfinite
         if len(batch) == 1:
             if not batch[0].future.done():

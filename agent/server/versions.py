@@ -30,6 +30,8 @@ class VersionStats:
     rows: int = 0
     nonfinite_rows: int = 0  # rows with a NaN or Inf anywhere in their floating-point outputs
     batches: int = 0
+    # batches by their row count (bounded by max_batch_size): shows whether batching forms under load
+    batch_rows: dict[int, int] = field(default_factory=dict)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def snapshot(self) -> dict[str, Any]:
@@ -39,6 +41,7 @@ class VersionStats:
             "rows": self.rows,
             "nonfinite_rows": self.nonfinite_rows,
             "batches": self.batches,
+            "batch_rows": {str(rows): count for rows, count in sorted(self.batch_rows.items())},
             "latency": self.latency.to_wire(),
         }
 

@@ -177,5 +177,9 @@ def test_concurrent_http_clients_get_their_own_rows(digits_mlp: SampleModel) -> 
         stats = srv.models.model("digits").current.stats
         assert stats.requests == 24 * 15 and stats.errors == 0
         assert stats.batches < stats.requests  # requests were actually stacked
+        # the batch-size histogram accounts for every batch and every row
+        assert sum(stats.batch_rows.values()) == stats.batches
+        assert sum(rows * n for rows, n in stats.batch_rows.items()) == stats.rows
+        assert max(stats.batch_rows) > 1
     finally:
         srv.stop()
