@@ -20,7 +20,7 @@ Ports:
 | FleetView  | which enrolled devices a selector matches now, online or not     |
 | Assigner   | sign + publish a new assignment naming a release; returns its version |
 | Leases     | optional: which rollouts this replica drives (PostgreSQL advisory locks) |
-| admit      | optional: refuses a spec before anything is stored (`service.release_admission`: the signed release floor) |
+| admit      | optional: refuses a spec before anything is stored (the app: `registry.floors.floor_admission`) |
 
 A rollout marked `rollback` must name a release the fleet already ran (a device runs it now, ran it
 before a rollout, or a rollout delivered it): its assignments waive the device gate's accuracy-drop
