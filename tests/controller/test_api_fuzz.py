@@ -1,9 +1,10 @@
 """Bad input never gets a 500: every operation of the controller's OpenAPI, fuzzed by schemathesis.
 
-The app is the real one (`create_app`) on SQLite in a temporary folder and on PostgreSQL, with its lifespan running
-(migrations, build worker, repository refresher, MQTT bridge to a real Mosquitto, rollout engine), so
-the rollout routes answer instead of their "no engine" 503. Each operation gets a bounded number of
-generated requests, authenticated as admin, and each answer must:
+The app is the real one (`create_app`) on SQLite in a temporary folder and on PostgreSQL, with its
+lifespan running (migrations, build worker, repository refresher, MQTT bridge to a real Mosquitto,
+rollout engine), so the rollout routes answer instead of their "no engine" 503. Each operation gets a bounded number of
+generated requests, authenticated as admin (the `/api/v1/device/` routes as an enrolled device), and
+each answer must:
 
 - not be a 5xx,
 - conform to the schema (status documented, body matching its model, content type),
@@ -17,6 +18,7 @@ Excluded, with reasons:
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +119,7 @@ class FuzzTarget:
     app: Any
     admin_token: str = ""
     admin_token_id: int = 0
+    device_auth: str = ""
 
     def mint_admin(self) -> None:
         with self.app.state.ctx.session_factory() as session:
@@ -162,11 +165,13 @@ def fuzz_target(
         target = FuzzTarget(client=client, app=app)
         target.mint_admin()
         _enroll(client, target.admin_token, FUZZ_DEVICE_ID)
+        target.device_auth = _enroll(client, target.admin_token, "fuzz-dev-self")
         yield target
 
 
-def _enroll(client: TestClient, admin_token: str, device_id: str) -> None:
-    """A real enrolled device, so that `{device_id}` routes reach their handlers, not only their 404."""
+def _enroll(client: TestClient, admin_token: str, device_id: str) -> str:
+    """A real enrolled device, so that `{device_id}` routes reach their handlers, not only their 404;
+    returns its `Authorization` value for the device routes."""
     auth = {"Authorization": f"Bearer {admin_token}"}
     token = client.post("/api/v1/enrollment-tokens", json={"tags": ["fuzz"]}, headers=auth).json()["token"]
     public_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
@@ -176,6 +181,8 @@ def _enroll(client: TestClient, admin_token: str, device_id: str) -> None:
         "token": token, "public_key": public_pem, "hardware_class": "x86_64-cpu", "device_id": device_id,
     })
     assert response.status_code == 201, response.text
+    password = response.json()["mqtt"]["password"]
+    return "Basic " + base64.b64encode(f"{device_id}:{password}".encode()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +275,11 @@ def test_no_server_errors_and_one_error_format(
 
 
 def _call_and_check(case: Any, fuzz_target: FuzzTarget) -> None:
-    headers = {"Authorization": f"Bearer {fuzz_target.admin_token}"}
+    if case.path.startswith("/api/v1/device/"):
+        # Device routes take the device's own credential; the operator token would only ever reach a 401.
+        headers = {"Authorization": fuzz_target.device_auth}
+    else:
+        headers = {"Authorization": f"Bearer {fuzz_target.admin_token}"}
     kwargs = case.as_transport_kwargs(base_url=BASE_URL, headers=headers)
     response = _send(fuzz_target.client, kwargs)
     where = f"{case.method} {case.formatted_path}"
@@ -284,6 +295,15 @@ def _call_and_check(case: Any, fuzz_target: FuzzTarget) -> None:
         # Revoking the caller's own token is allowed; the next cases need a live one.
         fuzz_target.mint_admin()
     case.validate_response(response, checks=CHECKS, headers=kwargs["headers"])
+
+
+def test_the_fixture_credentials_reach_the_handlers(fuzz_target: FuzzTarget) -> None:
+    """Guards the fuzzing against spending every case on a 401 or on an unknown device."""
+    device = fuzz_target.client.get("/api/v1/device/self", headers={"Authorization": fuzz_target.device_auth})
+    assert device.status_code == 200, device.text
+    known = fuzz_target.client.get(f"/api/v1/devices/{FUZZ_DEVICE_ID}",
+                                   headers={"Authorization": f"Bearer {fuzz_target.admin_token}"})
+    assert known.status_code == 200, known.text
 
 
 def test_every_operation_is_fuzzed_or_excluded_with_a_reason(tmp_path: Path) -> None:
