@@ -10,6 +10,8 @@ the metadata last, so a sample without metadata is an interrupted write and is d
 Bound: `max_bytes` over all sample files; adding past it deletes the oldest samples and counts them in
 `dropped` (the newest data is the most useful for retraining). `clear()` is the privacy switch's
 effect: everything not yet uploaded is deleted and counted in `discarded`.
+
+Thread-safe: the capture writer adds while the uploader reads and removes (one lock around the index).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,6 +57,7 @@ class CaptureSpool:
         self.discarded = 0
         self.corrupt = 0
         self._metas: dict[str, SampleMeta] = {}
+        self._lock = threading.RLock()
         try:
             root.mkdir(parents=True, exist_ok=True)
             self._load()
@@ -80,14 +84,17 @@ class CaptureSpool:
                 npz.unlink(missing_ok=True)
 
     def __len__(self) -> int:
-        return len(self._metas)
+        with self._lock:
+            return len(self._metas)
 
     @property
     def total_bytes(self) -> int:
-        return sum(m.size_bytes for m in self._metas.values())
+        with self._lock:
+            return sum(m.size_bytes for m in self._metas.values())
 
     def pending(self, limit: int | None = None) -> list[SampleMeta]:
-        metas = sorted(self._metas.values(), key=lambda m: (m.captured_at_s, m.sample_id))
+        with self._lock:
+            metas = sorted(self._metas.values(), key=lambda m: (m.captured_at_s, m.sample_id))
         return metas[:limit] if limit is not None else metas
 
     def read(self, sample_id: str) -> bytes:
@@ -102,23 +109,26 @@ class CaptureSpool:
             raise CaptureError(f"sample of {len(data)} bytes exceeds the spool bound {self.max_bytes}")
         meta = SampleMeta(**{**asdict(meta_without_hash), "size_bytes": len(data),
                              "sha256": hashlib.sha256(data).hexdigest()})
-        while self._metas and self.total_bytes + len(data) > self.max_bytes:
-            self.remove(self.pending(1)[0].sample_id)
-            self.dropped += 1
-        _write_atomic(self.root / f"{meta.sample_id}.npz", data)
-        _write_atomic(self.root / f"{meta.sample_id}.json", json.dumps(asdict(meta)).encode())
-        self._metas[meta.sample_id] = meta
+        with self._lock:
+            while self._metas and self.total_bytes + len(data) > self.max_bytes:
+                self.remove(self.pending(1)[0].sample_id)
+                self.dropped += 1
+            _write_atomic(self.root / f"{meta.sample_id}.npz", data)
+            _write_atomic(self.root / f"{meta.sample_id}.json", json.dumps(asdict(meta)).encode())
+            self._metas[meta.sample_id] = meta
         return meta
 
     def remove(self, sample_id: str) -> None:
-        self._metas.pop(sample_id, None)
-        self._delete(sample_id)
+        with self._lock:
+            self._metas.pop(sample_id, None)
+            self._delete(sample_id)
 
     def clear(self) -> int:
-        count = len(self._metas)
-        for sample_id in list(self._metas):
-            self.remove(sample_id)
-        self.discarded += count
+        with self._lock:
+            count = len(self._metas)
+            for sample_id in list(self._metas):
+                self.remove(sample_id)
+            self.discarded += count
         return count
 
     def _delete(self, sample_id: str) -> None:

@@ -30,6 +30,10 @@ Relative paths are resolved against the config file's folder, so a device folder
 | trust_raise_floor_on_commit        | false        | raise the release-counter floor when a release commits |
 | shutdown_grace_s                   | 10           | how long SIGTERM waits for a running update step |
 | telemetry_enabled, _sample_every_s, _batch_every_s, _max_points | true / 10 / 30 / 2000 | metrics loop |
+| controller_url                     | enrollment's `api_url` | controller base URL; sample uploads go there |
+| capture_upload_every_s             | 60           | interval of sample upload rounds                 |
+| capture_upload_max_backoff_s       | 900          | longest wait between rounds while uploads fail   |
+| capture_spool_max_bytes            | 67108864     | disk bound of samples waiting for upload         |
 """
 
 from __future__ import annotations
@@ -87,6 +91,10 @@ class DaemonConfig:
     telemetry_sample_every_s: float = 10.0
     telemetry_batch_every_s: float = 30.0
     telemetry_max_points: int = 2000
+    controller_url: str | None = None
+    capture_upload_every_s: float = 60.0
+    capture_upload_max_backoff_s: float = 900.0
+    capture_spool_max_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 
@@ -102,6 +110,11 @@ class DaemonConfig:
     @property
     def outbox_dir(self) -> Path:
         return self.state_dir / "outbox"
+
+    @property
+    def capture_dir(self) -> Path:
+        """Captured samples waiting for upload."""
+        return self.state_dir / "capture"
 
     @property
     def runtime_path(self) -> Path:
@@ -152,6 +165,10 @@ FIELDS: Mapping[str, tuple[str, bool]] = {
     "telemetry_sample_every_s": ("float", False),
     "telemetry_batch_every_s": ("float", False),
     "telemetry_max_points": ("int", False),
+    "controller_url": ("url", False),
+    "capture_upload_every_s": ("float", False),
+    "capture_upload_max_backoff_s": ("float", False),
+    "capture_spool_max_bytes": ("int", False),
     "shutdown_grace_s": ("float", False),
     "log_level": ("str", False),
 }
@@ -191,7 +208,8 @@ def enrollment_defaults(state_dir: Path) -> dict[str, Any]:
     mqtt = record.get("mqtt") if isinstance(record, dict) else None
     if not isinstance(mqtt, dict):
         raise ConfigError(f"enrollment record {path} has no mqtt section")
-    out: dict[str, Any] = {"device_id": record.get("device_id"), "mqtt_host": mqtt.get("host"),
+    out: dict[str, Any] = {"device_id": record.get("device_id"), "controller_url": record.get("api_url"),
+                           "mqtt_host": mqtt.get("host"),
                            "mqtt_port": mqtt.get("port"), "mqtt_password_file": mqtt.get("password_file")}
     if mqtt.get("tls"):
         out.update(mqtt_ca_file=record.get("ca_file"), mqtt_cert_file=record.get("cert_file"),
@@ -308,6 +326,8 @@ def _check(c: DaemonConfig) -> None:
                      ("repository_targets_url", c.repository_targets_url)):
         if not re.match(r"^(https?|file)://", url):
             raise ConfigError(f"{key} must be an http(s):// or file:// URL, got {url!r:.80}")
+    if c.controller_url is not None and not re.match(r"^https?://", c.controller_url):
+        raise ConfigError(f"controller_url must be an http(s):// URL, got {c.controller_url!r:.80}")
     for key, port, low in (("mqtt_port", c.mqtt_port, 1), ("server_port", c.server_port, 0)):
         if not low <= port <= 65535:
             raise ConfigError(f"{key} must be within {low}..65535, got {port}")
@@ -316,7 +336,10 @@ def _check(c: DaemonConfig) -> None:
                 "server_max_batch_size": c.server_max_batch_size,
                 "probation_poll_interval_s": c.probation_poll_interval_s, "shutdown_grace_s": c.shutdown_grace_s,
                 "telemetry_sample_every_s": c.telemetry_sample_every_s,
-                "telemetry_batch_every_s": c.telemetry_batch_every_s}
+                "telemetry_batch_every_s": c.telemetry_batch_every_s,
+                "capture_upload_every_s": c.capture_upload_every_s,
+                "capture_upload_max_backoff_s": c.capture_upload_max_backoff_s,
+                "capture_spool_max_bytes": c.capture_spool_max_bytes}
     for key, number in positive.items():
         if not number > 0:
             raise ConfigError(f"{key} must be positive, got {number}")

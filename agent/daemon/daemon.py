@@ -45,6 +45,7 @@ from agent.slots import FileSlotStore, ModelRef, SlotError
 from agent.state import Journal, JournalError, JournalFile, State, write_atomic
 
 if TYPE_CHECKING:
+    from agent.daemon.capture import CaptureWiring
     from agent.engine import UpdateEngine
     from agent.hardware.profile import HardwareProfile
     from agent.state.ports import ActiveModel
@@ -73,7 +74,9 @@ class Daemon:
             serve_as=config.server_serve_as, threads=config.server_threads,
             max_batch_size=config.server_max_batch_size, max_queue_delay_ms=config.server_max_queue_delay_ms,
             probation_poll_interval_s=config.probation_poll_interval_s), on_started=self._server_started,
-            configure_app=self._mount_metrics)
+            configure_app=self._mount_metrics, on_serving=self._capture_serving,
+            on_shadow_compared=self._capture_disagreement)
+        self.capture: CaptureWiring | None = None
         self.session: AgentSession | None = None
         self.reporter: MqttReporter | None = None
         self.telemetry: TelemetryLoop | None = None
@@ -115,6 +118,7 @@ class Daemon:
         self._check_identity()
         self._enroll_if_needed()
         self._write_runtime("starting")
+        self._start_capture()
         restore_error = self._serve_committed()
         self.session = self._connect()
         self.reporter = MqttReporter(self.session, self._current)
@@ -158,6 +162,8 @@ class Daemon:
             logging.shutdown()
             os._exit(self.exit_code)
         self.serving.stop()
+        if self.capture is not None:
+            self.capture.stop()
         self._write_runtime("stopped")
         log.info("agent %s stopped", self.config.device_id)
 
@@ -273,7 +279,9 @@ class Daemon:
             engine = self._get_engine()
             if journal.plan_json is not None:
                 self._begin(journal.plan_json)
-            engine.recover()
+            recovered = engine.recover()
+            if journal.plan_json is not None and recovered is not None:
+                self._settle_capture(journal.plan_json, recovered.status)
             if self._pending_path.exists():
                 from agent.state.codec import plan_from_json
 
@@ -334,7 +342,16 @@ class Daemon:
         a = plan.assignment
         assert self.reporter is not None
         self.reporter.begin(Deployment(a.version, a.rollout_id, a.release.model, a.release.version))
-        outcome = self._get_engine().apply(plan)
+        if self.capture is not None:
+            self.capture.begin(a.capture)
+        try:
+            outcome = self._get_engine().apply(plan)
+        except BaseException:
+            if self.capture is not None:
+                self.capture.settle(None)
+            raise
+        if self.capture is not None:  # one transition: a flip through "off" would delete the spool
+            self.capture.settle(a if outcome.status in (Status.SUCCESS, Status.ALREADY_ACTIVE) else None)
         self._pending_path.unlink(missing_ok=True)
         log.info("assignment %d (%s/%s) ended %s%s", a.version, a.release.model, a.release.version,
                  outcome.status.value, f": {outcome.reason}" if outcome.reason else "")
@@ -412,6 +429,39 @@ class Daemon:
 
             self._trust = TrustClient(self.config.trust_path, ImageRepoSource(self.config.repository_metadata_url))
         return self._trust
+
+    # --- sample capture -------------------------------------------------------------------------
+
+    def _start_capture(self) -> None:
+        from agent.capture import CaptureError
+        from agent.daemon.capture import CaptureWiring
+
+        try:
+            self.capture = CaptureWiring(self.config)
+        except CaptureError as e:  # a broken spool folder must not stop serving
+            log.error("sample capture disabled: %s", e)
+            return
+        self.capture.start()
+
+    def _capture_serving(self, models: Any, loop: Any, name: str) -> None:
+        if self.capture is not None:
+            self.capture.attach(models, loop, name)
+
+    def _capture_disagreement(self, version: Any, feeds: Any, new_outputs: Any, previous_outputs: Any) -> None:
+        if self.capture is not None:
+            self.capture.observe_disagreement(version, feeds, new_outputs, previous_outputs)
+
+    def _settle_capture(self, plan_json: str, status: Any) -> None:
+        """After a recovered update: its assignment's capture policy if it committed."""
+        from agent.state import Status
+        from agent.state.codec import plan_from_json
+
+        if self.capture is None or status not in (Status.SUCCESS, Status.ALREADY_ACTIVE):
+            return
+        try:
+            self.capture.settle(plan_from_json(plan_json).assignment)
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("journal plan unreadable, capture policy unchanged: %s", e)
 
     # --- small helpers --------------------------------------------------------------------------
 

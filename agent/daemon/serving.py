@@ -8,7 +8,10 @@ to serve.
 
 `served` is the slot being served, so the daemon can reconcile it with the `current` pointer after
 an update or a crash. The server runs on its own event loop thread (`_ServerThread`); `configure_app`
-may mount extra routes (Prometheus `/metrics`) on the aiohttp application before it starts.
+may mount extra routes (Prometheus `/metrics`) on the aiohttp application before it starts;
+`on_serving(models, loop, name)` hears which model name serves after each restore, activation and
+rollback (sample capture attaches its batch observer there), and `on_shadow_compared` sees each
+sample the probation shadow replayed on the previous version.
 """
 
 from __future__ import annotations
@@ -80,10 +83,14 @@ class LazyServing:
     """Activator + Probation; thread-safe start. `on_started(url)` is called once the server listens."""
 
     def __init__(self, settings: ServingSettings, on_started: Callable[[str], None] | None = None,
-                 configure_app: Callable[[Any, Any, asyncio.AbstractEventLoop], None] | None = None) -> None:
+                 configure_app: Callable[[Any, Any, asyncio.AbstractEventLoop], None] | None = None,
+                 on_serving: Callable[[Any, asyncio.AbstractEventLoop, str], None] | None = None,
+                 on_shadow_compared: Callable[[Any, Any, Any, Any], None] | None = None) -> None:
         self.settings = settings
         self.on_started = on_started
         self.configure_app = configure_app  # (aiohttp app, ModelServer, loop), before the server starts
+        self.on_serving = on_serving
+        self.on_shadow_compared = on_shadow_compared
         self.served: ModelRef | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -137,7 +144,8 @@ class LazyServing:
 
                 self._activator = ServingActivator(bridge, models, serve_as=s.serve_as, options_for=options)
                 self._probation = ServerProbation(bridge, self._activator,
-                                                  poll_interval_s=s.probation_poll_interval_s)
+                                                  poll_interval_s=s.probation_poll_interval_s,
+                                                  on_shadow_compared=self.on_shadow_compared)
                 self._server = server
                 where = str(s.unix_socket) if server.http.port is None else server.http.url
                 log.info("inference server listening on %s", where)
@@ -152,11 +160,13 @@ class LazyServing:
         activator, _ = self._ensure()
         activator.restore(model)
         self.served = model.ref
+        self._serving(activator, model.ref)
 
     def activate(self, model: ActiveModel) -> None:
         activator, _ = self._ensure()
         activator.activate(model)
         self.served = model.ref
+        self._serving(activator, model.ref)
 
     def rollback(self, model: ActiveModel | None) -> None:
         if model is None and self._activator is None:
@@ -165,10 +175,21 @@ class LazyServing:
         activator, _ = self._ensure()
         activator.rollback(model)
         self.served = model.ref if model is not None else None
+        if model is not None:
+            self._serving(activator, model.ref)
 
     def commit(self, model: ActiveModel) -> None:
         activator, _ = self._ensure()
         activator.commit(model)
+
+    def _serving(self, activator: ServingActivator, ref: ModelRef) -> None:
+        server = self._server
+        if self.on_serving is None or server is None:
+            return
+        try:
+            self.on_serving(server.models, server.loop, activator.name_for(ref))
+        except Exception:  # a hook must never fail an activation or a rollback
+            log.exception("serving hook failed for %s", ref.model)
 
     # --- Probation ------------------------------------------------------------------------------
 
