@@ -51,6 +51,7 @@ from agent import wire
 from agent.metrics.histogram import LatencyHistogram
 from agent.telemetry import wire as twire
 from controller.mqtt.dedupe import SequenceDeduper
+from controller.telemetry.reader import ChunkedReadClient
 from controller.telemetry.rows import BATCH_COLUMNS, FlushRows, as_dicts, copy_text, storable
 from controller.telemetry.tables import ModelPointRow, SystemPointRow, TelemetryBatchRow
 
@@ -241,7 +242,7 @@ def _bulk_insert(session: Session, table: str, columns: Sequence[str], values: l
     driver = connection.connection.driver_connection
     assert driver is not None
     with driver.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-        copy.write(copy_text(columns, values))
+        copy.write(copy_text(table, values))
 
 
 def _dialect_insert(session: Session, table: str) -> Any:
@@ -286,8 +287,8 @@ class TelemetrySubscriber:
 
     def _build(self, protocol: MQTTProtocolVersion) -> mqtt.Client:
         kwargs: dict[str, Any] = {} if protocol == mqtt.MQTTv5 else {"clean_session": False}
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.config.client_id, protocol=protocol,
-                             **kwargs)
+        client = ChunkedReadClient(CallbackAPIVersion.VERSION2, client_id=self.config.client_id,
+                                   protocol=protocol, **kwargs)
         if self.config.username is not None:
             client.username_pw_set(self.config.username, self.config.password)
         client.reconnect_delay_set(1, 30)

@@ -20,6 +20,8 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
+from itertools import compress
 from typing import Any
 
 from agent.metrics.histogram import LatencyHistogram
@@ -32,7 +34,6 @@ SYSTEM_COLUMNS = ("device_id", "resolution_s", "start_at", "end_at", "samples", 
 MODEL_COLUMNS = ("device_id", "hardware_class", "model", "version", "variant", "resolution_s", "start_at",
                  "end_at", "requests", "errors", "latency_count", "latency_sum_s", "latency_max_s", "buckets")
 _TIME_COLUMNS = frozenset({"received_at", "sent_at", "start_at", "end_at"})
-_JSON_COLUMNS = frozenset({"temps_c", "buckets"})
 
 BatchKey = tuple[str, str, int]
 # COPY's text format gives these four characters a meaning; everything else is taken literally.
@@ -113,18 +114,50 @@ class FlushRows:
 
 def buckets_json(h: LatencyHistogram) -> str:
     """The sparse `{"<index>": count}` JSON of a histogram, as the model points table holds it."""
-    return "{" + ", ".join(f'"{i}": {c}' for i, c in enumerate(h.counts) if c) + "}"
+    counts = h.counts
+    return "{" + ", ".join([f'"{i}": {counts[i]}' for i in compress(range(len(counts)), counts)]) + "}"
 
 
 def buckets_dict(h: LatencyHistogram) -> dict[str, int]:
     return {str(i): c for i, c in enumerate(h.counts) if c}
 
 
-def copy_text(columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> bytes:
-    """Rows in PostgreSQL's COPY text format (tab-separated, `\\N` for NULL, ISO timestamps)."""
-    renderers = [_copy_renderer(c) for c in columns]
-    lines = ["\t".join([r(v) for r, v in zip(renderers, row, strict=True)]) for row in rows]
-    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+def copy_text(table: str, rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """Rows of `table` in PostgreSQL's COPY text format (tab-separated, `\\N` for NULL, ISO timestamps),
+    one formatted line per row: the flush's hot loop, so no per-value dispatch."""
+    line = _COPY_LINES[table]
+    return "".join([line(row) for row in rows]).encode("utf-8")
+
+
+def _batch_line(r: tuple[Any, ...]) -> str:
+    return (f"{_text(r[0])}\t{_text(r[1])}\t{r[2]}\t{_time(r[3])}\t{_time(r[4])}\t{r[5]}\t{r[6]}\t{r[7]}\n")
+
+
+def _system_line(r: tuple[Any, ...]) -> str:
+    return (f"{_text(r[0])}\t{r[1]}\t{_time(r[2])}\t{_time(r[3])}\t{r[4]}\t{_nullable(r[5])}\t"
+            f"{_nullable(r[6])}\t{_nullable(r[7])}\t{_nullable(r[8])}\t{_text(json.dumps(dict(r[9])))}\n")
+
+
+def _model_line(r: tuple[Any, ...]) -> str:
+    return (f"{_text(r[0])}\t{_text(r[1])}\t{_text(r[2])}\t{_text(r[3])}\t{_text(r[4])}\t{r[5]}\t"
+            f"{_time(r[6])}\t{_time(r[7])}\t{r[8]}\t{r[9]}\t{r[10]}\t{r[11]!r}\t{r[12]!r}\t{buckets_json(r[13])}\n")
+
+
+_COPY_LINES = {"telemetry_batches": _batch_line, "telemetry_system_points": _system_line,
+               "telemetry_model_points": _model_line}
+
+
+def _text(value: str) -> str:
+    return value.translate(_COPY_ESCAPES)
+
+
+@lru_cache(maxsize=8192)  # a point's start and end appear in its system row and in every model row
+def _time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
+
+
+def _nullable(value: float | None) -> str:
+    return "\\N" if value is None else repr(float(value))
 
 
 def as_dicts(columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -141,23 +174,3 @@ def as_dicts(columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> list[di
                 values[c] = dict(values[c])
         out.append(values)
     return out
-
-
-def _copy_renderer(column: str) -> Any:
-    if column in _TIME_COLUMNS:
-        return lambda v: utc(v).isoformat()
-    if column == "buckets":
-        return buckets_json
-    if column in _JSON_COLUMNS:
-        return lambda v: json.dumps(dict(v)).translate(_COPY_ESCAPES)
-    return _copy_scalar
-
-
-def _copy_scalar(value: Any) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
