@@ -25,6 +25,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from controller.api.errors import error_responses
 from controller.artifacts.errors import ArtifactNotFound, ArtifactTooLarge, InvalidKey, StoreUnavailable
 from controller.artifacts.presign import SignatureRejected, UrlSigner
 from controller.artifacts.store import STREAM_CHUNK_BYTES, ArtifactStore, ByteStream, validate_key
@@ -126,7 +127,11 @@ def artifact_router(
             raise HTTPException(status_code=503, detail=str(e)) from e
         return StreamingResponse(_iterate(stream), status_code=status, headers=headers)
 
-    @router.get("/{key:path}", summary="Download an artifact (Range supported)")
+    @router.get(
+        "/{key:path}",
+        summary="Download an artifact (Range supported)",
+        responses=error_responses(400, 403, 404, 416, 503),
+    )
     async def get_artifact(
         key: str,
         range_header: Annotated[str | None, Header(alias="Range")] = None,
@@ -147,7 +152,12 @@ def artifact_router(
         authorize("GET", key, expires, signature)
         return await serve(key, range_header, with_body=False)
 
-    @router.put("/{key:path}", status_code=201, summary="Upload through a presigned PUT URL")
+    @router.put(
+        "/{key:path}",
+        status_code=201,
+        summary="Upload through a presigned PUT URL",
+        responses=error_responses(400, 403, 413, 503),
+    )
     async def put_artifact(
         key: str,
         request: Request,

@@ -95,12 +95,6 @@ BASE_URL = "http://testserver"
 FUZZ_DEVICE_ID = "fuzz-dev-1"
 #: Path parameters that name objects the fixture created, used for a share of the valid requests.
 KNOWN_PATH_VALUES = {"device_id": FUZZ_DEVICE_ID}
-#: Operations whose answers are in the error format but not yet documented in the OpenAPI; strict, so
-#: the mark must go once the route documents them.
-KNOWN_UNDOCUMENTED = {
-    ("GET", "/artifacts/{key}"): "controller/artifacts/http.py does not document its 403 (unsigned URL)",
-    ("PUT", "/artifacts/{key}"): "controller/artifacts/http.py does not document its 403 (unsigned PUT)",
-}
 #: The checks that judge one answer; those that send more requests of their own (ignored auth, stateful
 #: links) would go around the app's lifespan and are left out, and so is the rejection of unknown query
 #: parameters, which the API ignores by design.
@@ -245,13 +239,7 @@ def _cases(operation: Any) -> st.SearchStrategy[Any]:
 
 
 def _params() -> list[Any]:
-    params = []
-    for method, path in sorted(FUZZED):
-        marks = []
-        if (method, path) in KNOWN_UNDOCUMENTED:
-            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_UNDOCUMENTED[(method, path)]))
-        params.append(pytest.param(method, path, marks=marks, id=f"{method} {path}"))
-    return params
+    return [pytest.param(method, path, id=f"{method} {path}") for method, path in sorted(FUZZED)]
 
 
 @pytest.mark.parametrize(("method", "path"), _params())
