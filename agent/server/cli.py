@@ -35,12 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batches run at the same time (default: one per CPU, at most 4; "
                              "--workers 1 with all CPUs as --threads favours single-request latency)")
     parser.add_argument("--max-body-mb", type=float, default=64.0)
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="auto: uvloop when installed (less CPU per request), else asyncio's own")
     parser.add_argument("--log-level", default="INFO")
 
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports (numpy, runtimes, aiohttp) only when the command actually runs.
     from agent.runtime import InferenceRuntimeError, RuntimeOptions, loader_for
+    from agent.server import event_loop
     from agent.server.batching import BatchingConfig, default_workers, threads_per_worker
     from agent.server.http import InferenceServer, ServerConfig
     from agent.server.model_server import ModelServer
@@ -83,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        return asyncio.run(main())
+        return event_loop.run(main(), args.event_loop)
+    except ValueError as e:  # --event-loop uvloop without uvloop installed
+        log.error("%s", e)
+        return 2
     except OSError as e:
         log.error("cannot serve: %s", e)
         return 1

@@ -50,9 +50,13 @@ def _first_line(proc: subprocess.Popen[str]) -> str:
     raise AssertionError(f"server exited with {proc.wait(10)} before serving")
 
 
-def test_serve_command_over_tcp(digits_mlp: SampleModel, stop_after: list[subprocess.Popen[str]]) -> None:
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_serve_command_over_tcp(digits_mlp: SampleModel, stop_after: list[subprocess.Popen[str]],
+                                event_loop: str) -> None:
+    if event_loop == "uvloop":
+        pytest.importorskip("uvloop", reason="needs uvloop installed (the agent extra)")
     proc = _serve(str(digits_mlp.path), "--name", "digits", "--port", "0", "--threads", "1",
-                  "--max-batch-size", "8")
+                  "--max-batch-size", "8", "--event-loop", event_loop)
     stop_after.append(proc)
     url = _first_line(proc).rsplit(" ", 1)[-1]
     assert url.startswith("http://127.0.0.1:")
