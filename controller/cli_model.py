@@ -193,7 +193,9 @@ def block(
     name: Annotated[str, typer.Argument(help="Model name.")],
     below: Annotated[int, typer.Option("--below", min=1, help="Block every release with a lower release counter.")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
-    url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: Annotated[str | None, typer.Option("--token", help="Admin API token.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Block known-bad releases on every device: sign a release floor (never lowered; needs an admin token)."""
     client = _client(url, token)
