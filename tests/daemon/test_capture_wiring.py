@@ -10,6 +10,7 @@ with the device's own credentials through presigned URLs, listed and exported by
 
 from __future__ import annotations
 
+import io
 import json
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from fastapi.testclient import TestClient
+from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from agent.enroll import enroll
@@ -92,14 +95,16 @@ def world(tmp_path: Path, mosquitto: Any) -> Iterator[tuple[ControllerSide, Serv
         served_app.stop()
 
 
-def assign(side: ControllerSide, targets: Sequence[SignedTarget], capture: A.CapturePolicy) -> int:
+def assign(side: ControllerSide, targets: Sequence[SignedTarget], capture: A.CapturePolicy,
+           gate: A.GatePolicy | None = None, probation_window_s: float = 0.5) -> int:
     """Like ControllerSide.assign, with a capture policy."""
     _, model, version, _ = targets[0].name.split("/")
     issued = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=5)
     a = A.Assignment(device_id=side.device_id, version=side.next_version, issued_at=issued,
                      expires_at=issued + timedelta(days=1), release=A.ReleaseRef(model, version),
                      targets=tuple(A.TargetPin(t.name, t.length, t.sha256) for t in targets),
-                     probation=A.ProbationPolicy(window_s=0.5), capture=capture, rollout_id="r-capture")
+                     gate=gate or A.GatePolicy(), probation=A.ProbationPolicy(window_s=probation_window_s),
+                     capture=capture, rollout_id="r-capture")
     side.next_version += 1
     side.publish_raw(director.sign_envelope(a, side.keys.signers("director"),
                                             side.keys.root_history("director")[1:]))
@@ -126,11 +131,23 @@ def infer_rows(agent: AgentProcess, model: SampleModel, rows: np.ndarray) -> Non
             assert response.status == 200
 
 
+def shifted_classes(model: SampleModel) -> bytes:
+    """The model with its class axis rolled by one: it disagrees with the original on every row."""
+    proto = onnx.load(str(model.path))
+    for init in proto.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.shape[-1] == 10:
+            init.CopyFrom(numpy_helper.from_array(np.roll(array, 1, axis=-1), init.name))
+    buffer = io.BytesIO()
+    onnx.save(proto, buffer)
+    return buffer.getvalue()
+
+
 def spool_empty(agent: AgentProcess) -> bool:
     return not list((agent.state_dir / "capture").glob("*.npz"))
 
 
-def test_capture_policy_caps_uploads_and_the_off_switch(world: tuple[ControllerSide, Served, AgentProcess],
+def test_capture_policy_caps_uploads_the_off_switch_and_probation_disagreements(world: tuple[ControllerSide, Served, AgentProcess],
                                                         digits_mlp: SampleModel, tmp_path: Path) -> None:
     side, served, agent = world
     agent.start()
@@ -178,3 +195,23 @@ def test_capture_policy_caps_uploads_and_the_off_switch(world: tuple[ControllerS
     scores = arrays[f"output.{digits_mlp.output_name}"]
     assert scores.shape[0] == CAP + 3 and np.all(np.isfinite(scores))
     assert "/samples/digits/" not in agent.log()  # presigned object URLs are never logged
+
+    # Probation of a release that answers differently: only the rows the shadow saw disagree are kept.
+    v2 = side.publish_release(digits_mlp, "2", 2, model_bytes=shifted_classes(digits_mlp))
+    disagreement = A.CapturePolicy(enabled=True, capture_disagreement=True, max_samples_per_hour=100,
+                                   max_bytes_per_day=10**7)
+    lenient = A.GatePolicy(min_agreement=None, max_accuracy_drop=None, max_latency_regression_ratio=None)
+    version = assign(side, v2, disagreement, gate=lenient, probation_window_s=4.0)
+    wait_for(lambda: "activated" in side.event_kinds(version), 120, "v2 on probation", agent.log)
+    sent = 0
+    while "committed" not in side.event_kinds(version) and sent < 2000:
+        infer_rows(agent, digits_mlp, inputs[sent % len(inputs)][None, :])
+        sent += 1
+    committed(side, agent, version)
+
+    def disagreements() -> list[dict[str, Any]]:
+        return [s for s in served.samples() if s["version"] == "2"] if spool_empty(agent) else []
+
+    found = wait_for(disagreements, 30, "disagreement samples of v2", agent.log)
+    assert {(s["reason"], s["variant"]) for s in found} == {("disagreement", "ort-fp32.onnx")}
+    assert len(served.samples()) == CAP + 3 + len(found)  # v2's random_rate 0: nothing else kept
