@@ -16,6 +16,10 @@ model, then connect, then finish whatever a crash interrupted (the engine's jour
 assignments. The inference server, numpy and the runtimes are imported only once there is a model
 to serve; python-tuf only once an assignment arrives.
 
+Sample capture (`capture.py`): the assignment's `CapturePolicy` picks inference rows (and, during
+probation, rows where the previous version answers differently); an upload thread sends them to the
+controller with the device's credentials, backing off while that fails.
+
 Errors (one tree)::
 
     DaemonError            the daemon cannot run as configured (retry: no, fix the cause)
