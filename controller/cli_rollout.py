@@ -79,6 +79,9 @@ def create(
     soak_s: Annotated[float, typer.Option(help="Healthy time each wave needs before the next.")] = 600.0,
     max_failure_ratio: Annotated[float, typer.Option(help="Failures a wave may have (share).")] = 0.0,
     auto_rollback: Annotated[bool, typer.Option(help="Roll a failed wave's devices back by itself.")] = False,
+    rollback: Annotated[bool, typer.Option(
+        "--rollback", help="A fleet rollback to a release these devices already ran (waives the accuracy-drop check)."
+    )] = False,
     url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Start a rollout of one release to the targeted devices."""
@@ -89,6 +92,7 @@ def create(
         "selector": {"tags": tag or [], "hardware_classes": hardware_class or [], "device_ids": device or []},
         "waves": parse_waves(waves, soak_s),
         "policy": {"max_failure_ratio": max_failure_ratio, "auto_rollback": auto_rollback},
+        "rollback": rollback,
     }
     answer = _call(url, token, "POST", "/api/v1/rollouts", json_body=body)
     if as_json:
