@@ -75,6 +75,7 @@ class CaptureWiring:
         self.capturer: SampleCapturer | None = None
         self.uploader: SampleUploader | None = None
         self.failed_rounds = 0
+        self.next_wait_s = config.capture_upload_every_s  # until the next round (grows while rounds fail)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -173,20 +174,17 @@ class CaptureWiring:
 
     def _run(self) -> None:
         every_s = self.config.capture_upload_every_s
-        wait_s = every_s
-        while not self._stop.wait(wait_s):
+        while not self._stop.wait(self.next_wait_s):
             try:
                 uploaded = self.upload_pending()
-            except CaptureError as e:  # UploadError included: the controller or the store is unreachable
+            except Exception as e:  # CaptureError/UploadError: the controller or the store is unreachable
                 self.failed_rounds += 1
-                wait_s = min(self.config.capture_upload_max_backoff_s, max(wait_s, every_s) * 2)
-                log.warning("sample upload failed, next try in %.0f s: %s", wait_s, e)
-                continue
-            except Exception:
-                self.failed_rounds += 1
-                wait_s = min(self.config.capture_upload_max_backoff_s, max(wait_s, every_s) * 2)
-                log.exception("sample upload round failed unexpectedly; next try in %.0f s", wait_s)
+                self.next_wait_s = min(self.config.capture_upload_max_backoff_s, max(self.next_wait_s, every_s) * 2)
+                if isinstance(e, CaptureError):
+                    log.warning("sample upload failed, next try in %.1f s: %s", self.next_wait_s, e)
+                else:
+                    log.exception("sample upload round failed unexpectedly; next try in %.1f s", self.next_wait_s)
                 continue
             if uploaded:
                 log.info("uploaded %d captured samples", uploaded)
-            wait_s = every_s
+            self.next_wait_s = every_s

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
+import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,9 @@ from fastapi.testclient import TestClient
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
+from agent.capture import SampleMeta
+from agent.daemon.capture import CaptureWiring
+from agent.daemon.config import DaemonConfig, build_config
 from agent.enroll import enroll
 from controller.app import create_app
 from controller.auth import create_api_token
@@ -215,3 +220,60 @@ def test_capture_policy_caps_uploads_the_off_switch_and_probation_disagreements(
     found = wait_for(disagreements, 30, "disagreement samples of v2", agent.log)
     assert {(s["reason"], s["variant"]) for s in found} == {("disagreement", "ort-fp32.onnx")}
     assert len(served.samples()) == CAP + 3 + len(found)  # v2's random_rate 0: nothing else kept
+
+
+# -- the wiring alone (no services): backoff, the off switch, the policy across restarts ----------------
+
+
+def wiring_config(tmp_path: Path, **extra: Any) -> DaemonConfig:
+    raw = {"device_id": DEVICE, "state_dir": str(tmp_path / "state"), "repository_metadata_url": "http://127.0.0.1:9/m/",
+           "repository_targets_url": "http://127.0.0.1:9/t/", "mqtt_password": "pw", **extra}
+    return build_config(raw, tmp_path)
+
+
+def spool_one(wiring: CaptureWiring) -> None:
+    meta = SampleMeta(sample_id=secrets.token_hex(12), device_id=DEVICE, model="digits", version="1",
+                      variant="ort-fp32.onnx", reason="random", confidence=0.9, captured_at_s=time.time(),
+                      size_bytes=0, sha256="")
+    wiring.spool.add(meta, b"not really an npz")
+
+
+def test_uploads_back_off_while_the_controller_is_unreachable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()  # nothing listens there
+    wiring = CaptureWiring(wiring_config(tmp_path, controller_url=f"http://127.0.0.1:{port}",
+                                         capture_upload_every_s=0.05, capture_upload_max_backoff_s=0.4))
+    spool_one(wiring)
+    wiring.start()
+    try:
+        wait_for(lambda: wiring.failed_rounds >= 4, 20, "four failed upload rounds")
+        assert wiring.next_wait_s == 0.4  # 0.1, 0.2, 0.4, then held at the bound
+    finally:
+        wiring.stop()
+    assert len(wiring.spool) == 1  # nothing lost while the controller is away
+    assert "controller unreachable" in caplog.text and f":{port}" not in caplog.text
+
+
+def test_wiring_policy_switch_and_restarts(tmp_path: Path) -> None:
+    config = wiring_config(tmp_path)
+    wiring = CaptureWiring(config)
+    assert not wiring.policy.enabled  # nothing committed yet: capture off
+    on = A.CapturePolicy(enabled=True, random_rate=0.5, max_samples_per_hour=10, max_bytes_per_day=10**6)
+    issued = datetime.now(timezone.utc).replace(microsecond=0)
+    committed_assignment = A.Assignment(device_id=DEVICE, version=7, issued_at=issued,
+                                        expires_at=issued + timedelta(days=1), release=A.ReleaseRef("digits", "1"),
+                                        targets=(A.TargetPin("models/digits/1/ort-fp32.onnx", 1, "0" * 64),),
+                                        capture=on)
+    wiring.begin(on)
+    wiring.settle(committed_assignment)
+    spool_one(wiring)
+    restarted = CaptureWiring(config)
+    assert restarted.policy == on and len(restarted.spool) == 1
+    # An update whose policy is off deletes what waits at once, and failing does not bring it back.
+    restarted.begin(A.CapturePolicy(enabled=False))
+    assert len(restarted.spool) == 0
+    restarted.settle(None)
+    assert restarted.policy == on
+    # A damaged record never switches capture on.
+    (config.state_dir / "committed-assignment.json").write_text('{"schema": 1, "capture": {"enabled": true}}')
+    spool_one(restarted)
+    assert not CaptureWiring(config).policy.enabled and len(CaptureWiring(config).spool) == 0
