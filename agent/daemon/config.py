@@ -80,6 +80,7 @@ class DaemonConfig:
     server_unix_socket: Path | None = None
     server_serve_as: str | None = None
     server_threads: int | None = None
+    server_workers: int | None = None
     server_max_batch_size: int = 32
     server_max_queue_delay_ms: float = 0.0
     hardware_probe_root: Path = Path("/")
@@ -154,6 +155,7 @@ FIELDS: Mapping[str, tuple[str, bool]] = {
     "server_unix_socket": ("path", False),
     "server_serve_as": ("str", False),
     "server_threads": ("int", False),
+    "server_workers": ("int", False),
     "server_max_batch_size": ("int", False),
     "server_max_queue_delay_ms": ("float", False),
     "hardware_probe_root": ("path", False),
@@ -343,8 +345,9 @@ def _check(c: DaemonConfig) -> None:
     for key, number in positive.items():
         if not number > 0:
             raise ConfigError(f"{key} must be positive, got {number}")
-    if c.server_threads is not None and c.server_threads < 1:
-        raise ConfigError(f"server_threads must be at least 1, got {c.server_threads}")
+    for key, count in (("server_threads", c.server_threads), ("server_workers", c.server_workers)):
+        if count is not None and count < 1:
+            raise ConfigError(f"{key} must be at least 1, got {count}")
     if c.server_max_queue_delay_ms < 0:
         raise ConfigError(f"server_max_queue_delay_ms must not be negative, got {c.server_max_queue_delay_ms}")
     if c.log_level.upper() not in _LOG_LEVELS:

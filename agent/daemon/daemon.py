@@ -71,7 +71,7 @@ class Daemon:
         self.inbox = AssignmentInbox(config.state_dir / "handled-assignment.sha256")
         self.serving = LazyServing(ServingSettings(
             host=config.server_host, port=config.server_port, unix_socket=config.server_unix_socket,
-            serve_as=config.server_serve_as, threads=config.server_threads,
+            serve_as=config.server_serve_as, threads=config.server_threads, workers=config.server_workers,
             max_batch_size=config.server_max_batch_size, max_queue_delay_ms=config.server_max_queue_delay_ms,
             probation_poll_interval_s=config.probation_poll_interval_s), on_started=self._server_started,
             configure_app=self._mount_metrics, on_serving=self._capture_serving,

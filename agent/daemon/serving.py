@@ -44,6 +44,7 @@ class ServingSettings:
     unix_socket: Path | None = None
     serve_as: str | None = None
     threads: int | None = None
+    workers: int | None = None
     max_batch_size: int = 32
     max_queue_delay_ms: float = 0.0
     probation_poll_interval_s: float = 1.0
@@ -120,16 +121,17 @@ class LazyServing:
             if self._closed:
                 raise RuntimeError("the inference server is shutting down")
             if self._activator is None or self._probation is None:
-                from agent.runtime import RuntimeOptions
+                from agent.runtime import RuntimeOptions, default_intra_op_threads
                 from agent.server.activator import LoopBridge, ServingActivator
-                from agent.server.batching import BatchingConfig
+                from agent.server.batching import BatchingConfig, default_workers, threads_per_worker
                 from agent.server.http import InferenceServer, ServerConfig
                 from agent.server.model_server import ModelServer
                 from agent.server.probation import ServerProbation
 
                 s = self.settings
+                workers = s.workers or default_workers()
                 batching = BatchingConfig(max_batch_size=s.max_batch_size,
-                                          max_queue_delay_s=s.max_queue_delay_ms / 1000.0)
+                                          max_queue_delay_s=s.max_queue_delay_ms / 1000.0, workers=workers)
                 config = ServerConfig(host=s.host, port=s.port, unix_socket=s.unix_socket, batching=batching)
                 models = ModelServer(batching, drain_timeout_s=config.drain_timeout_s)
                 server = _ServerThread(models, InferenceServer(models, config))
@@ -140,7 +142,15 @@ class LazyServing:
                 threads = s.threads
 
                 def options(ref: ModelRef) -> RuntimeOptions:
-                    return RuntimeOptions(intra_op_threads=threads, device=ref.device)
+                    # Concurrent single-threaded batches serve best on a shared CPU; OpenVINO serialises
+                    # the runs of one session, so it gets every CPU as intra-op threads instead.
+                    if threads is not None:
+                        chosen = threads
+                    elif ref.runtime == "openvino":
+                        chosen = default_intra_op_threads()
+                    else:
+                        chosen = threads_per_worker(workers)
+                    return RuntimeOptions(intra_op_threads=chosen, device=ref.device)
 
                 self._activator = ServingActivator(bridge, models, serve_as=s.serve_as, options_for=options)
                 self._probation = ServerProbation(bridge, self._activator,
