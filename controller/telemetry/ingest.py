@@ -35,6 +35,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -52,7 +53,15 @@ from agent.metrics.histogram import LatencyHistogram
 from agent.telemetry import wire as twire
 from controller.mqtt.dedupe import SequenceDeduper
 from controller.telemetry.reader import ChunkedReadClient
-from controller.telemetry.rows import BATCH_COLUMNS, FlushRows, as_dicts, copy_text, storable
+from controller.telemetry.rows import (
+    BATCH_COLUMNS,
+    MODEL_COLUMNS,
+    SYSTEM_COLUMNS,
+    FlushRows,
+    as_dicts,
+    copy_text,
+    storable,
+)
 from controller.telemetry.tables import ModelPointRow, SystemPointRow, TelemetryBatchRow
 
 log = logging.getLogger(__name__)
@@ -202,9 +211,12 @@ class TelemetryWriter:
             self.stats["conflict_retries"] += 1
             with self.session_factory() as session:
                 new = rows.only(_insert_new_batches(session, rows))
-                for table, columns, values in new.tables()[1:]:
-                    if values:
-                        _insert_skipping_duplicates(session, table, columns, values)
+                if new.systems:
+                    _insert_skipping_duplicates(session, "telemetry_system_points", SYSTEM_COLUMNS,
+                                                list(new.systems.values()))
+                if new.models:  # only the points inserted now count towards /metrics
+                    inserted = _insert_new_model_points(session, list(new.models.values()))
+                    new.models = {k: v for k, v in new.models.items() if _model_key(v) in inserted}
                 session.commit()
             self.stats["duplicates"] += len(rows.batches) - len(new.batches)
         self.stats["batches"] += len(new.batches)
@@ -215,7 +227,13 @@ class TelemetryWriter:
     def _count_metrics(self, rows: FlushRows) -> None:
         with self._metrics_lock:
             for key, requests, errors, latency in rows.model_histograms():
-                self.latency_by_version.setdefault(key, LatencyHistogram()).merge(latency)
+                total = self.latency_by_version.setdefault(key, LatencyHistogram())
+                counts, into = latency.counts, total.counts
+                for i in compress(range(len(counts)), counts):  # the few non-empty buckets only
+                    into[i] += counts[i]
+                total.count += latency.count
+                total.sum_s += latency.sum_s
+                total.max_s = max(total.max_s, latency.max_s)
                 self.requests_by_version[key] += requests
                 self.errors_by_version[key] += errors
 
@@ -263,6 +281,20 @@ def _insert_new_batches(session: Session, rows: FlushRows) -> set[tuple[str, str
     statement = _dialect_insert(session, "telemetry_batches").returning(t.c.device_id, t.c.stream, t.c.seq)
     inserted = session.connection().execute(statement, as_dicts(BATCH_COLUMNS, list(rows.batches.values())))
     return {(r[0], r[1], r[2]) for r in inserted}
+
+
+def _model_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(device, model, version, variant, resolution, start) of a model row; the start rounded to the
+    database's microseconds so that a value read back compares equal."""
+    return (*row[0:1], *row[2:6], round(float(row[6]), 6))
+
+
+def _insert_new_model_points(session: Session, values: list[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+    t = _TABLES["telemetry_model_points"]
+    statement = _dialect_insert(session, "telemetry_model_points").returning(
+        t.c.device_id, t.c.model, t.c.version, t.c.variant, t.c.resolution_s, t.c.start_at)
+    inserted = session.connection().execute(statement, as_dicts(MODEL_COLUMNS, values))
+    return {(r[0], r[1], r[2], r[3], r[4], round(r[5].timestamp(), 6)) for r in inserted}
 
 
 def _insert_skipping_duplicates(session: Session, table: str, columns: Sequence[str],
