@@ -131,8 +131,43 @@ def infer_scores(agent: AgentProcess, model: SampleModel, rows: int = 16) -> tup
     return np.asarray(out["data"], dtype=np.float64).reshape(out["shape"]), str(doc.get("model_version"))
 
 
+class ServingWatch:
+    """One thread per agent asking it for an inference every `interval_s`: what answered, and when."""
+
+    def __init__(self, agents: dict[str, AgentProcess], model: SampleModel, interval_s: float = 0.25) -> None:
+        self.seen: dict[str, list[tuple[float, str]]] = {d: [] for d in agents}
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._watch, args=(d, a, model, interval_s), daemon=True)
+                        for d, a in agents.items()]
+        for thread in self.threads:
+            thread.start()
+
+    def _watch(self, device: str, agent: AgentProcess, model: SampleModel, interval_s: float) -> None:
+        while not self.stop.wait(interval_s):
+            try:
+                _, version = infer_scores(agent, model, rows=1)
+            except OSError as e:
+                self.errors.append(f"{device}: {e}")
+                continue
+            self.seen[device].append((time.monotonic(), version))
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=40)
+
+    def first_seen(self, device: str, version: str) -> float:
+        return next(t for t, v in self.seen[device] if v == version)
+
+    def last_seen(self, device: str, version: str) -> float:
+        return max(t for t, v in self.seen[device] if v == version)
+
+
 def test_three_wave_rollout_over_twenty_real_agents_completes(fleet: RealFleet, digits_mlp: SampleModel) -> None:
+    started = time.monotonic()
     fleet.start_agents()
+    online = time.monotonic()
     fleet.publish(digits_mlp, "1", 1)
     fleet.publish(digits_mlp, "2", 2)
 
@@ -141,12 +176,29 @@ def test_three_wave_rollout_over_twenty_real_agents_completes(fleet: RealFleet, 
     assert first.state == RolloutState.COMPLETED, first.reason
     assert all(infer_scores(a, digits_mlp, rows=1)[1] == "1" for a in fleet.agents.values())
 
-    fleet.rollout("r-v2", "2", (WaveSpec(count=1, soak_s=0.5), WaveSpec(percent=50, soak_s=0.5),
-                                WaveSpec(percent=100, soak_s=0.5)))
-    record = fleet.settle("r-v2")
+    first_done = time.monotonic()
+    watch = ServingWatch(fleet.agents, digits_mlp)  # live traffic on every agent through the hot swaps
+    try:
+        fleet.rollout("r-v2", "2", (WaveSpec(count=1, soak_s=0.5), WaveSpec(percent=50, soak_s=0.5),
+                                    WaveSpec(percent=100, soak_s=0.5)))
+        record = fleet.settle("r-v2")
+        wait_for(lambda: all(watch.seen[d] and watch.seen[d][-1][1] == "2" for d in AGENTS), 30,
+                 "live traffic answered by v2 on every agent")
+    finally:
+        watch.close()
+    second_done = time.monotonic()
+    assert watch.errors == []  # every swap was made under traffic without a failed request
+    for d in AGENTS:
+        versions = [v for _, v in watch.seen[d]]
+        assert versions == sorted(versions) and versions[0] == "1", (d, versions)  # 1 … 1 2 … 2, never back
     assert record.state == RolloutState.COMPLETED, record.reason
     assert [len(record.wave_devices(w)) for w in range(3)] == [1, 9, 10]
     assert sorted(d for w in range(3) for d in record.wave_devices(w)) == AGENTS
+    (canary,) = record.wave_devices(0)
+    for d in [*record.wave_devices(1), *record.wave_devices(2)]:  # the waves' order, seen from the traffic
+        assert watch.last_seen(d, "1") > watch.first_seen(canary, "2"), d
+    for d in record.wave_devices(2):
+        assert watch.last_seen(d, "1") > max(watch.first_seen(w, "2") for w in record.wave_devices(1)), d
     assert {p.state for p in record.devices.values()} == {DeviceState.SUCCEEDED}
     assert [t.trigger for t in record.history] == ["create", "start", "settled", "soaked", "settled", "soaked",
                                                    "settled", "soaked_last"]
@@ -163,3 +215,13 @@ def test_three_wave_rollout_over_twenty_real_agents_completes(fleet: RealFleet, 
         scores, version = infer_scores(agent, digits_mlp)
         assert version == "2", d
         np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-5, err_msg=d)
+    rss_mb = sum(rss_kb(a) for a in fleet.agents.values()) / 1024
+    print(f"{N} agents online in {online - started:.1f} s; v1 to all in {first_done - online:.1f} s; "
+          f"v2 in 3 waves in {second_done - first_done:.1f} s; {sum(map(len, watch.seen.values()))} live "
+          f"requests, {len(watch.errors)} failed; agents' RSS {rss_mb:.0f} MB in all")
+
+
+def rss_kb(agent: AgentProcess) -> int:
+    assert agent.proc is not None
+    line = next(x for x in Path(f"/proc/{agent.proc.pid}/status").read_text().splitlines() if x.startswith("VmRSS"))
+    return int(line.split()[1])
