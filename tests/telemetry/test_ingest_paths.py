@@ -142,3 +142,36 @@ def test_chunked_reads_deliver_every_packet_intact(mosquitto: Mosquitto) -> None
         pub.disconnect()
         sub.loop_stop()
         sub.disconnect()
+
+
+def test_database_down_for_a_while_loses_nothing(tmp_path: Any, postgres_template: Any) -> None:
+    """Messages keep arriving while PostgreSQL restarts: the writer holds and retries them."""
+    from controller.db import make_engine, make_session_factory
+    from controller.db import migrate as db_migrate
+    from tests.service_stores import Postgres
+
+    server = Postgres(tmp_path / "pg", postgres_template)
+    server.start()
+    engine = make_engine(server.url)
+    db_migrate.upgrade(engine)
+    factory = make_session_factory(engine)
+    writer = TelemetryWriter(factory, IngestConfig("127.0.0.1", 1, max_delay_s=0.01,
+                                                   retry_delays_s=(0.2,) * 50))
+    TelemetrySubscriber(IngestConfig("127.0.0.1", 1), writer)
+    writer.start()
+    topic = "edgefleet/v1/dev-e/telemetry"
+    try:
+        writer.submit(topic, encode(_batch("dev-e", 0, T0)))
+        wait_until(lambda: writer.stats["batches"] == 1, message="first batch stored")
+        server.stop()
+        for seq in range(1, 6):
+            writer.submit(topic, encode(_batch("dev-e", seq, T0 + 10 * seq)))
+        wait_until(lambda: writer.stats["write_retries"] >= 2, message="writes retried while the database is down")
+        server.start()
+        wait_until(lambda: writer.stats["batches"] == 6, timeout_s=30, message="the held batches stored")
+        assert writer.stats["write_errors"] == 0
+        assert _counts(factory)[:3] == (6, 6, 6)
+    finally:
+        writer.stop()
+        engine.dispose()
+        server.close()
