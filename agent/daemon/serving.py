@@ -56,7 +56,9 @@ class _ServerThread:
     def __init__(self, models: ModelServer, http: InferenceServer) -> None:
         self.models = models
         self.http = http
-        self.loop = asyncio.new_event_loop()
+        from agent.server.event_loop import new_event_loop
+
+        self.loop = new_event_loop()  # uvloop where installed
         self._thread = threading.Thread(target=self.loop.run_forever, name="inference-server", daemon=True)
 
     def start(self, timeout_s: float = 30.0) -> None:
