@@ -1,8 +1,8 @@
 """Fleet telemetry on the controller: ingest, retention, latency queries, Prometheus.
 
 ```
- devices ─▶ broker ─$share/telemetry/…/+/telemetry─▶ TelemetrySubscriber ─▶ TelemetryWriter (grouped
-                                                         (validate, dedupe)     transactions)
+ devices ─▶ broker ─$share/telemetry/…/+/telemetry─▶ TelemetrySubscriber ─▶ TelemetryWriter (validate,
+                                                      (raw bytes to a deque)   dedupe, grouped transactions)
                                                                                    │
       /api/v1/telemetry/{devices/{id}/latency, latency, compare} ◀── queries ◀── telemetry_* tables
       /metrics ◀── prometheus (devices, rollouts, ingest counters, latency histograms)   ▲
