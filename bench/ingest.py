@@ -8,13 +8,18 @@ latency histogram of ~15 buckets, ≈1 KB) are published QoS 1 through a local M
    PostgreSQL), timed until the last batch is committed.
 
 Both rates are messages / (first publish → last message received or committed), over the same
-payloads; the ratio is what the controller's work costs against just receiving (goal ≥ 0.5).
+payloads; the ratio is what the controller's work costs against just receiving (goal ≥ 0.5). The two
+are measured back to back in each of R rounds (each round its own outbox streams, the controller a
+fresh session) and reported as medians of the per-round figures. Rates on a shared machine swing
+with other load; the CPU time of the receiving process per message (`cpu_us_per_msg`, the
+controller; `raw_cpu_us_per_msg`, the raw subscriber) is the steadier figure.
 The devices publish from a separate process; publisher, broker, subscriber and PostgreSQL share this
 machine's cores.
 
     .venv/bin/python bench/ingest.py [--quick] [--devices K] [--batches-per-device N] [--rounds R]
 
-Last line: one JSON object with `msgs_per_s`, `raw_msgs_per_s`, `ratio_vs_raw`.
+Last line: one JSON object with `msgs_per_s`, `raw_msgs_per_s`, `ratio_vs_raw`, `cpu_us_per_msg`,
+`raw_cpu_us_per_msg`.
 """
 
 from __future__ import annotations
