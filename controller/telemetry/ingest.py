@@ -79,6 +79,7 @@ class IngestConfig:
     max_batch: int = 500
     max_delay_s: float = 0.2
     max_queue: int = 20_000
+    max_queue_bytes: int = 64 * 1024 * 1024  # raw payloads waiting: bounded in bytes as well as count
     max_payload_bytes: int = twire.MAX_TELEMETRY_BYTES
     retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the flush counts as lost
 
@@ -98,6 +99,9 @@ class TelemetryWriter:
         self.last_lag_s = 0.0
         self.intake: Callable[[str, bytes], twire.TelemetryBatch | None] | None = None
         self._received: deque[tuple[str, bytes, float]] = deque()
+        # Queued bytes = in - out; each counter has one writer thread, so neither needs a lock.
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._in_flight = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -111,9 +115,11 @@ class TelemetryWriter:
 
     def submit(self, topic: str, payload: bytes) -> bool:
         """Queue one received message; False (counted as `dropped:backlog`) when the backlog is full."""
-        if len(self._received) >= self.config.max_queue:
+        if (len(self._received) >= self.config.max_queue
+                or self._bytes_in - self._bytes_out + len(payload) > self.config.max_queue_bytes):
             self.stats["dropped:backlog"] += 1
             return False
+        self._bytes_in += len(payload)
         self._received.append((topic, payload, time.time()))
         if not self._wake.is_set():
             self._wake.set()
@@ -157,6 +163,7 @@ class TelemetryWriter:
             count = min(len(self._received), self.config.max_batch)
             self._in_flight = count
             group = [self._received.popleft() for _ in range(count)]
+            self._bytes_out += sum(len(payload) for _, payload, _ in group)
             try:
                 batches = self._decode(group)
                 if batches:

@@ -84,6 +84,10 @@ def test_full_backlog_is_counted_as_dropped(session_factory: sessionmaker[Sessio
     accepted = [writer.submit("edgefleet/v1/dev-d/telemetry", encode(_batch("dev-d", i, T0 + 10 * i)))
                 for i in range(3)]
     assert accepted == [True, True, False] and writer.stats["dropped:backlog"] == 1 and writer.backlog == 2
+    payload = encode(_batch("dev-d", 9, T0))
+    by_bytes = TelemetryWriter(session_factory, IngestConfig("127.0.0.1", 1, max_queue_bytes=2 * len(payload)))
+    assert [by_bytes.submit("edgefleet/v1/dev-d/telemetry", payload) for _ in range(3)] == [True, True, False]
+    assert by_bytes.stats["dropped:backlog"] == 1
 
 
 class _CountingRecv(mqtt.Client):
