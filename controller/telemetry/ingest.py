@@ -44,7 +44,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from sqlalchemy import Table, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,16 +52,14 @@ from agent.metrics.histogram import LatencyHistogram
 from agent.telemetry import wire as twire
 from controller.mqtt.dedupe import SequenceDeduper
 from controller.telemetry.reader import ChunkedReadClient
-from controller.telemetry.rows import (
-    BATCH_COLUMNS,
-    MODEL_COLUMNS,
-    SYSTEM_COLUMNS,
-    FlushRows,
-    as_dicts,
-    copy_text,
-    storable,
+from controller.telemetry.rows import SYSTEM_COLUMNS, FlushRows, storable
+from controller.telemetry.store import (
+    bulk_insert,
+    insert_new_batches,
+    insert_new_model_points,
+    insert_skipping_duplicates,
+    model_key,
 )
-from controller.telemetry.tables import ModelPointRow, SystemPointRow, TelemetryBatchRow
 
 log = logging.getLogger(__name__)
 
@@ -211,19 +208,19 @@ class TelemetryWriter:
             with self.session_factory() as session:
                 for table, columns, values in rows.tables():
                     if values:
-                        _bulk_insert(session, table, columns, values)
+                        bulk_insert(session, table, columns, values)
                 session.commit()
             new = rows
         except (IntegrityError, psycopg.errors.UniqueViolation):
             self.stats["conflict_retries"] += 1
             with self.session_factory() as session:
-                new = rows.only(_insert_new_batches(session, rows))
+                new = rows.only(insert_new_batches(session, rows))
                 if new.systems:
-                    _insert_skipping_duplicates(session, "telemetry_system_points", SYSTEM_COLUMNS,
+                    insert_skipping_duplicates(session, "telemetry_system_points", SYSTEM_COLUMNS,
                                                 list(new.systems.values()))
                 if new.models:  # only the points inserted now count towards /metrics
-                    inserted = _insert_new_model_points(session, list(new.models.values()))
-                    new.models = {k: v for k, v in new.models.items() if _model_key(v) in inserted}
+                    inserted = insert_new_model_points(session, list(new.models.values()))
+                    new.models = {k: v for k, v in new.models.items() if model_key(v) in inserted}
                 session.commit()
             self.stats["duplicates"] += len(rows.batches) - len(new.batches)
         self.stats["batches"] += len(new.batches)
@@ -248,65 +245,6 @@ class TelemetryWriter:
         with self._metrics_lock:
             return [(k, self.requests_by_version[k], self.errors_by_version[k], h.copy())
                     for k, h in sorted(self.latency_by_version.items())]
-
-
-_TABLES: dict[str, Table] = {
-    "telemetry_batches": TelemetryBatchRow.__table__,  # type: ignore[dict-item]
-    "telemetry_system_points": SystemPointRow.__table__,  # type: ignore[dict-item]
-    "telemetry_model_points": ModelPointRow.__table__,  # type: ignore[dict-item]
-}
-
-
-def _bulk_insert(session: Session, table: str, columns: Sequence[str], values: list[tuple[Any, ...]]) -> None:
-    """Insert many rows in the session's transaction: one COPY on PostgreSQL (one round trip, the rows
-    rendered as COPY text here rather than adapted value by value), an executemany elsewhere."""
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        connection.execute(insert(_TABLES[table]), as_dicts(columns, values))
-        return
-    driver = connection.connection.driver_connection
-    assert driver is not None
-    with driver.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-        copy.write(copy_text(table, values))
-
-
-def _dialect_insert(session: Session, table: str) -> Any:
-    dialect = session.connection().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    else:
-        raise RuntimeError(f"telemetry ingest supports SQLite and PostgreSQL, not {dialect}")
-    return dialect_insert(_TABLES[table]).on_conflict_do_nothing()
-
-
-def _insert_new_batches(session: Session, rows: FlushRows) -> set[tuple[str, str, int]]:
-    """Insert the flush's batch rows the database does not have; returns the keys of those inserted.
-    The unique key decides (not a read before the insert), so two replicas racing cannot both win."""
-    t = _TABLES["telemetry_batches"]
-    statement = _dialect_insert(session, "telemetry_batches").returning(t.c.device_id, t.c.stream, t.c.seq)
-    inserted = session.connection().execute(statement, as_dicts(BATCH_COLUMNS, list(rows.batches.values())))
-    return {(r[0], r[1], r[2]) for r in inserted}
-
-
-def _model_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """(device, model, version, variant, resolution, start) of a model row; the start rounded to the
-    database's microseconds so that a value read back compares equal."""
-    return (*row[0:1], *row[2:6], round(float(row[6]), 6))
-
-
-def _insert_new_model_points(session: Session, values: list[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
-    t = _TABLES["telemetry_model_points"]
-    statement = _dialect_insert(session, "telemetry_model_points").returning(
-        t.c.device_id, t.c.model, t.c.version, t.c.variant, t.c.resolution_s, t.c.start_at)
-    inserted = session.connection().execute(statement, as_dicts(MODEL_COLUMNS, values))
-    return {(r[0], r[1], r[2], r[3], r[4], round(r[5].timestamp(), 6)) for r in inserted}
-
-
-def _insert_skipping_duplicates(session: Session, table: str, columns: Sequence[str],
-                                values: list[tuple[Any, ...]]) -> None:
-    session.connection().execute(_dialect_insert(session, table), as_dicts(columns, values))
 
 
 class TelemetrySubscriber:
