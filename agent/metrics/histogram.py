@@ -141,7 +141,7 @@ class LatencyHistogram:
             raise HistogramError("histogram counts must be an object with at most one entry per bucket")
         h = cls()
         for key, value in counts.items():
-            if not (isinstance(key, str) and key.isdigit() and 0 <= int(key) < N_BUCKETS):
+            if not (isinstance(key, str) and key.isascii() and key.isdigit() and 0 <= int(key) < N_BUCKETS):
                 raise HistogramError(f"histogram bucket index out of range: {key!r}")
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 raise HistogramError(f"histogram count for bucket {key} must be a non-negative int")
@@ -154,5 +154,43 @@ class LatencyHistogram:
             value = data.get(name, 0.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise HistogramError(f"histogram {name} must be a non-negative number, got {value!r}")
-            setattr(h, name, float(value))
+            try:
+                setattr(h, name, float(value))
+            except OverflowError as e:
+                raise HistogramError(f"histogram {name} must be a non-negative number, got {value!r:.40}") from e
         return h
+
+    @classmethod
+    def from_wire_fast(cls, data: object) -> LatencyHistogram | None:
+        """`from_wire` for the common case, a histogram exactly as `to_wire` writes it after a JSON
+        round trip (canonical bucket keys, plain ints and floats), or None for anything else, which
+        `from_wire` then refuses with its reason (or accepts, for a lenient form such as "007").
+        Bulk checks in C (map, min, sum) instead of per-bucket Python: telemetry ingest decodes one
+        histogram per model per point."""
+        if type(data) is not dict:
+            return None
+        get = data.get
+        counts = get("counts")
+        if (get("schema") != SCHEMA or get("buckets_per_decade") != BUCKETS_PER_DECADE or get("min_s") != MIN_S
+                or type(counts) is not dict or len(counts) > MAX_WIRE_BUCKETS):
+            return None
+        indices: list[Any] = list(map(_WIRE_INDEX.get, counts))
+        values = list(counts.values())
+        if None in indices or not set(map(type, values)) <= _ONLY_INT or (values and min(values) < 0):
+            return None
+        total = get("count")
+        sum_s = get("sum_s", 0.0)
+        max_s = get("max_s", 0.0)
+        if (total != sum(values) or type(sum_s) is not float or type(max_s) is not float
+                or not sum_s >= 0 or not max_s >= 0):
+            return None
+        h = cls()
+        list(map(h.counts.__setitem__, indices, values))
+        h.count = total
+        h.sum_s = sum_s
+        h.max_s = max_s
+        return h
+
+
+_WIRE_INDEX: dict[str, int] = {str(i): i for i in range(N_BUCKETS)}
+_ONLY_INT = frozenset({int})

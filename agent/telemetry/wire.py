@@ -121,12 +121,23 @@ def point_to_dict(p: Point) -> dict[str, Any]:
 
 
 def decode(data: bytes, max_bytes: int = MAX_TELEMETRY_BYTES) -> TelemetryBatch:
+    """Parse and check one batch: the fast path for a well-formed batch, the strict field-by-field
+    walk (`batch_from_dict`) for anything it does not accept, so every refusal names its field."""
     if len(data) > max_bytes:
         raise TelemetryWireError(f"telemetry payload is {len(data)} bytes, limit {max_bytes}")
     try:
-        body = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        body = _JSON.decode(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, an integer beyond int's digit limit
         raise TelemetryWireError(f"telemetry payload is not UTF-8 JSON: {e}") from e
+    if type(body) is dict:
+        batch = fast_batch(body)
+        if batch is not None:
+            return batch
+    return batch_from_dict(body)
+
+
+def batch_from_dict(body: Any) -> TelemetryBatch:
+    """The reference decoder of a parsed batch: checks field by field, raising at the first bad one."""
     if not isinstance(body, dict):
         raise TelemetryWireError(f"telemetry payload must be a JSON object, got {type(body).__name__}")
     if body.get("schema") != wire.SCHEMA or body.get("kind") != "telemetry":
@@ -214,6 +225,9 @@ def _reject_constant(name: str) -> Any:
     raise TelemetryWireError(f"{name} is not allowed in payloads")
 
 
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)  # built once: json.loads(..., **kw) builds one a call
+
+
 def _only(body: Mapping[str, Any], allowed: set[str], where: str) -> None:
     extra = set(body) - allowed
     if extra:
@@ -240,7 +254,7 @@ def _count(body: Mapping[str, Any], key: str, where: str = "batch") -> int:
 
 def _number(body: Mapping[str, Any], key: str, where: str = "batch") -> float:
     value = body.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise TelemetryWireError(f"{where}.{key} must be a finite number, got {value!r:.40}")
     return float(value)
 
@@ -252,3 +266,123 @@ def _opt_number(body: Mapping[str, Any], key: str, where: str) -> float | None:
     if value < 0:
         raise TelemetryWireError(f"{where}.{key} must not be negative, got {value}")
     return value
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+# The fast path. `decode` spends most of its time here, once per message at the controller's ingest
+# rate, so a well-formed batch is checked with exact type tests, local names and no per-field
+# messages; anything it does not accept (None) goes to `batch_from_dict`, which either refuses it
+# with the field's message or, for a lenient form (an int subclass, a non-canonical bucket key),
+# accepts it. Accepting only a subset of what the reference accepts, with the same values, is what
+# tests/telemetry/test_wire_fastpath.py checks.
+
+_BATCH_KEYS = frozenset({"schema", "kind", "device_id", "stream", "seq", "sent_at", "hardware_class",
+                         "update_state", "dropped_points", "rolled_up_points", "points"})
+_POINT_KEYS = frozenset({"start_s", "end_s", "resolution_s", "samples", "system", "models"})
+_SYSTEM_KEYS = frozenset({"cpu_pct", "mem_used_mb", "mem_total_mb", "disk_used_pct", "temps_c"})
+_MODEL_KEYS = frozenset({"model", "version", "variant", "requests", "errors", "latency"})
+_MAX_COUNT = 2**53
+_MAX_EXACT_INT = 2**1023  # below this an int converts to a finite float
+_INF = math.inf
+_EMPTY: dict[str, Any] = {}
+_NO_MODELS: list[Any] = []
+
+
+def fast_batch(body: dict[str, Any]) -> TelemetryBatch | None:
+    """The batch, if `body` passes every check with plain JSON types; None to take the strict path."""
+    get = body.get
+    if get("schema") != wire.SCHEMA or get("kind") != "telemetry" or not body.keys() <= _BATCH_KEYS:
+        return None
+    device_id, stream, seq = get("device_id"), get("stream"), get("seq")
+    hardware_class, update_state = get("hardware_class"), get("update_state")
+    dropped, rolled_up, sent_at = get("dropped_points"), get("rolled_up_points"), get("sent_at")
+    points_raw = get("points")
+    if (type(device_id) is not str or not 0 < len(device_id) <= 128 or not wire.is_device_id(device_id)
+            or type(stream) is not str or not 0 < len(stream) <= 128 or not wire.STREAM_RE.match(stream)
+            or type(seq) is not int or not 0 <= seq < _MAX_COUNT
+            or type(dropped) is not int or not 0 <= dropped < _MAX_COUNT
+            or type(rolled_up) is not int or not 0 <= rolled_up < _MAX_COUNT
+            or (hardware_class is not None and (type(hardware_class) is not str
+                                                or not 0 < len(hardware_class) <= 128))
+            or (update_state is not None and (type(update_state) is not str or not 0 < len(update_state) <= 128))
+            or type(points_raw) is not list or not 0 < len(points_raw) <= MAX_POINTS):
+        return None
+    sent_at_s = _fast_number(sent_at)
+    if sent_at_s is None:
+        return None
+    points = []
+    for raw in points_raw:
+        point = _fast_point(raw)
+        if point is None:
+            return None
+        points.append(point)
+    return TelemetryBatch(device_id, stream, seq, sent_at_s, tuple(points), hardware_class, update_state,
+                          dropped, rolled_up)
+
+
+def _fast_number(value: object) -> float | None:
+    if type(value) is float:
+        return value if -_INF < value < _INF else None
+    if type(value) is int and -_MAX_EXACT_INT < value < _MAX_EXACT_INT:
+        return float(value)
+    return None
+
+
+def _fast_opt_measure(value: object) -> float | None | bool:
+    """A non-negative finite number, None for an absent one, False when it is not acceptable."""
+    if value is None:
+        return None
+    number = _fast_number(value)
+    return False if number is None or number < 0 else number
+
+
+def _fast_point(raw: object) -> Point | None:
+    if type(raw) is not dict or not raw.keys() <= _POINT_KEYS:
+        return None
+    get = raw.get
+    start_s, end_s = _fast_number(get("start_s")), _fast_number(get("end_s"))
+    resolution_s, samples, system_raw = get("resolution_s"), get("samples"), get("system")
+    models_raw = get("models", _NO_MODELS)
+    if (start_s is None or end_s is None or not end_s >= start_s
+            or type(resolution_s) is not int or not (1 <= resolution_s <= 600 or resolution_s in ALLOWED_RESOLUTIONS_S)
+            or type(samples) is not int or not 0 <= samples < _MAX_COUNT
+            or type(system_raw) is not dict or not system_raw.keys() <= _SYSTEM_KEYS
+            or type(models_raw) is not list or len(models_raw) > MAX_MODELS_PER_POINT):
+        return None
+    sget = system_raw.get
+    temps_raw = sget("temps_c", _EMPTY)
+    if type(temps_raw) is not dict or len(temps_raw) > MAX_ZONES:
+        return None
+    temps: dict[str, float] = {}
+    for zone, value in temps_raw.items():
+        if type(zone) is not str or len(zone) > 64 or (type(value) is not float and type(value) is not int):
+            return None
+        if not -100.0 <= value <= 250.0:
+            return None
+        temps[zone] = float(value)
+    cpu, used, total, disk = (_fast_opt_measure(sget("cpu_pct")), _fast_opt_measure(sget("mem_used_mb")),
+                              _fast_opt_measure(sget("mem_total_mb")), _fast_opt_measure(sget("disk_used_pct")))
+    if cpu is False or used is False or total is False or disk is False:
+        return None
+    models = []
+    for m in models_raw:
+        if type(m) is not dict or not m.keys() <= _MODEL_KEYS:
+            return None
+        mget = m.get
+        latency = LatencyHistogram.from_wire_fast(mget("latency"))
+        name, version, variant = mget("model"), mget("version"), mget("variant")
+        requests, errors = mget("requests"), mget("errors")
+        if (latency is None or type(requests) is not int or not 0 <= requests < _MAX_COUNT
+                or type(errors) is not int or not 0 <= errors <= requests
+                or type(name) is not str or not 0 < len(name) <= 128
+                or type(version) is not str or not 0 < len(version) <= 128
+                or type(variant) is not str or not 0 < len(variant) <= 128):
+            return None
+        models.append(ModelSample(name, version, variant, requests, errors, latency))
+    return Point(start_s, end_s, resolution_s, SystemSample(cpu, used, total, disk, temps), tuple(models), samples)
