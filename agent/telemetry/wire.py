@@ -10,6 +10,12 @@ devices merges into exact fleet percentiles (to bucket resolution).
 Decoding is strict and bounded: unknown fields, wrong types, negative counts, non-finite numbers, too
 many points or models, and a histogram of another layout raise `TelemetryWireError` (a `WireError`)
 naming the field. The same bytes always fail, so a rejected batch is counted, never retried.
+
+The controller decodes every batch it ingests, so `decode` has two paths with one meaning:
+`fast_batch` accepts a well-formed batch in plain JSON types with exact type tests and no per-field
+messages, and returns None for anything else; `batch_from_dict`, the reference, then walks the fields
+one by one and refuses with the first bad field's message. The fast path accepts a subset of what the
+reference accepts, decoded to the same values (tests/telemetry/test_wire_fastpath.py).
 """
 
 from __future__ import annotations
