@@ -44,8 +44,12 @@ class FetchStream(Protocol):
     start: int
     announced_length: int | None  # bytes the source says it will send from `start`, if it says
 
-    def read(self, max_bytes: int) -> bytes:
-        """Up to `max_bytes` — what one receive brings, never waiting to fill the whole amount."""
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill up to `len(buffer)` bytes with what one receive brings, never waiting to fill it all.
+
+        Returns the count, 0 at the end of the body. Reading into the caller's buffer lets the stager
+        recycle a few large buffers instead of allocating a bytes object per receive.
+        """
 
     def close(self) -> None: ...
 
@@ -60,16 +64,37 @@ class _Stream:
         self.start = start
         self.announced_length = announced_length
 
-    def read(self, max_bytes: int) -> bytes:
+    def readinto(self, buffer: memoryview) -> int:
         try:
-            if isinstance(self.body, http.client.HTTPResponse):
-                # read1: return what one receive brings. A full read would block until `max_bytes`
-                # arrived, so a server trickling one byte at a time would never let the stager check
-                # its deadline or minimum speed.
-                return self.body.read1(max_bytes)
-            return self.body.read(max_bytes) or b""
+            body = self.body
+            if isinstance(body, http.client.HTTPResponse):
+                return self._readinto_response(body, buffer)
+            return body.readinto(buffer) or 0
         except (OSError, http.client.HTTPException) as e:
             raise TransferError(f"connection broke while reading: {e}") from e
+
+    @staticmethod
+    def _readinto_response(body: http.client.HTTPResponse, buffer: memoryview) -> int:
+        """One receive's worth, like `HTTPResponse.read1` but into `buffer`.
+
+        `HTTPResponse.readinto` would block until the whole buffer is full, so a server trickling one
+        byte at a time would never let the stager check its deadline or minimum speed. Chunked bodies
+        go through `read1` (rare for artifacts, which carry a Content-Length).
+        """
+        if body.chunked or body.fp is None:
+            data = body.read1(len(buffer))
+            buffer[:len(data)] = data
+            return len(data)
+        if body.length is not None:
+            buffer = buffer[:body.length]
+        if not buffer:
+            return 0
+        n = body.fp.readinto1(buffer)
+        if n == 0:
+            body.close()
+        elif body.length is not None:
+            body.length -= n
+        return n
 
     def close(self) -> None:
         self.body.close()
