@@ -163,6 +163,9 @@ def main() -> int:
             server.wait()
     figures = {k: mb_s(size, statistics.median(v)) for k, v in times.items()}
     limit = min(figures["hash"], figures["write_fsync"], figures["download"])
+    # load from other processes only slows a round down, so each baseline's best round is the closest
+    # reading of the hardware; stage's median against that is the harsher ratio
+    best_limit = min(mb_s(size, min(times[k])) for k in ("hash", "write_fsync", "download"))
     result = {
         "ratio_vs_limit": round(figures["stage"] / limit, 3),
         "stage_mb_s": round(figures["stage"], 1),
@@ -173,6 +176,8 @@ def main() -> int:
         "naive_mb_s": round(figures["naive"], 1),
         # against hashing alone (the CPU-bound step) it shows the headroom left when the disk is noisy
         "ratio_vs_hash": round(figures["stage"] / figures["hash"], 3),
+        "ratio_vs_best_limit": round(figures["stage"] / best_limit, 3),
+        "best_limit_mb_s": round(best_limit, 1),
         "size_mb": round(size / 1e6),
         "rounds": rounds,
     }

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 class StagingConfig:
     chunk_bytes: int = 8 << 20  # one buffer of the ring: filled by several receives, then hashed + written
     buffers: int = 4  # buffers in the ring: one being received, the rest being hashed and written
+    early_writeback: bool = True  # sync_file_range after each chunk (Linux), so the final fsync is short
     deadline_s: float = 3600.0
     min_speed_bytes_per_s: float = 16 * 1024
     min_speed_grace_s: float = 10.0
@@ -239,6 +240,7 @@ class Stager:
         write_queue: queue.Queue[tuple[int, int] | None] = queue.Queue()
         failure: list[BaseException] = []
         fd = out.fileno()
+        writeback = start_writeback if cfg.early_writeback else _no_writeback
 
         def hash_worker() -> None:
             while (item := hash_queue.get()) is not None:
@@ -257,7 +259,7 @@ class Stager:
                         view = ring.views[index][:n]
                         while view:
                             view = view[os.write(fd, view):]
-                        start_writeback(fd, written_to, n)
+                        writeback(fd, written_to, n)
                         written_to += n
                 except BaseException as e:  # handed to the reading thread, which raises it
                     failure.append(e)
@@ -360,6 +362,10 @@ class _BufferRing:
             self._free.put(index)
 
 
+def _no_writeback(fd: int, offset: int, n: int) -> None:
+    return None
+
+
 def _load_sync_file_range() -> Callable[[int, int, int], None]:
     """`sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)` where libc has it, else a no-op.
 
@@ -367,12 +373,12 @@ def _load_sync_file_range() -> Callable[[int, int, int], None]:
     the final fsync (which still runs before the rename: durability does not depend on this).
     """
     if not sys.platform.startswith("linux"):
-        return lambda fd, offset, n: None
+        return _no_writeback
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         call = libc.sync_file_range
     except (OSError, AttributeError):
-        return lambda fd, offset, n: None
+        return _no_writeback
     call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     call.restype = ctypes.c_int
     sync_file_range_write = 2
