@@ -38,6 +38,7 @@ from agent.staging.stager import start_writeback  # noqa: E402
 from manifests.verify import SignedTarget  # noqa: E402
 
 CHUNK = 8 << 20
+WRITE_SLICE = 1 << 20
 SERVER = r"""
 import os, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -75,10 +76,10 @@ def raw_write(data: memoryview, folder: Path) -> float:
     path = folder / "raw-write.bin"
     t = time.perf_counter()
     with open(path, "wb", buffering=0) as f:
-        for i in range(0, len(data), CHUNK):
-            f.write(data[i:i + CHUNK])
-            # the same early writeback the stager asks for: the bound is the disk, not a late fsync
-            start_writeback(f.fileno(), i, len(data[i:i + CHUNK]))
+        for i in range(0, len(data), WRITE_SLICE):
+            f.write(data[i:i + WRITE_SLICE])
+            # the same early writeback, in the same slices, as the stager: the bound is the disk
+            start_writeback(f.fileno(), i, len(data[i:i + WRITE_SLICE]))
         os.fsync(f.fileno())
     elapsed = time.perf_counter() - t
     path.unlink()
