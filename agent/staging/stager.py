@@ -53,8 +53,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StagingConfig:
-    chunk_bytes: int = 8 << 20  # one buffer of the ring: filled by several receives, then hashed + written
-    buffers: int = 4  # buffers in the ring: one being received, the rest being hashed and written
+    # One buffer of the ring, filled by several receives, then hashed + written. 1 MiB stays in the CPU
+    # cache between the receive and the hash; 2-8 MiB buffers measured slower here.
+    chunk_bytes: int = 1 << 20
+    buffers: int = 16  # buffers in the ring: one being received, the rest being hashed and written
     early_writeback: bool = True  # sync_file_range after each chunk (Linux), so the final fsync is short
     deadline_s: float = 3600.0
     min_speed_bytes_per_s: float = 16 * 1024
