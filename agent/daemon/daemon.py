@@ -509,10 +509,10 @@ class Daemon:
 
 
 def _agent_version() -> str | None:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("edgefleet")
-    except Exception:
+    except PackageNotFoundError:  # running from a source tree that was never installed
         return None
 

@@ -10,8 +10,6 @@ key on the certificate identity and a device must not choose its own.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controller.errors import InvalidInput
+from controller.security.files import write_private
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.crt"
@@ -37,20 +36,6 @@ class IssuedCertificate:
     serial_hex: str
     not_after: datetime
     public_key_sha256: str
-
-
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def public_key_sha256(key: DevicePublicKey) -> str:
@@ -133,8 +118,8 @@ class FleetCA:
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _write_private(key_path, key_pem, 0o600)
-        _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_private(key_path, key_pem, 0o600)
+        write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cls(key, cert)
 
     @property
