@@ -18,22 +18,19 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
-from controller.mqtt import BridgeConfig, MqttBridge
-from controller.rollouts import FileRolloutStore, RolloutEngine, RolloutState
-from controller.rollouts.assigner import AssignmentPolicies, DirectorAssigner, FileAssignmentLedger
-from controller.rollouts.plan import DeviceInfo, HealthPolicy, RolloutSpec, Selector, WaveSpec
+from controller.rollouts import RolloutState
+from controller.rollouts.plan import WaveSpec
 from controller.rollouts.signals import DeviceState
 from controller.sample_models import SampleModel
-from manifests.assignment import ProbationPolicy, ReleaseRef, TargetPin
-from tests.daemon.fleet import AgentProcess, ControllerSide, wait_for
+from manifests.assignment import ReleaseRef
+from tests.daemon.fleet import AgentProcess, wait_for
 
-from .fleet_harness import ControllerFleetView
+from .real_fleet_harness import RealFleet
 
 pytestmark = pytest.mark.slow
 N = 20
@@ -41,81 +38,11 @@ AGENTS = [f"edge-{i:02d}" for i in range(N)]
 START_PACING_S = 0.15  # spreads the interpreters' start-up over ~3 s instead of one burst on a small host
 
 
-class RealFleet:
-    """The controller side in this process, the agents as real daemons beside it."""
-
-    def __init__(self, tmp: Path, port: int) -> None:
-        self.tmp = tmp
-        self.repo = ControllerSide(tmp / "repo-side", port, "repository")
-        self.view = ControllerFleetView({d: frozenset({"lab"}) for d in AGENTS})
-        for d in AGENTS:  # nothing installed yet: the agents start empty
-            self.view.devices[d] = DeviceInfo(d, online=False, tags=frozenset({"lab"}))
-        self.pins: dict[ReleaseRef, tuple[TargetPin, ...]] = {}
-        self.bridge = MqttBridge(BridgeConfig("127.0.0.1", port, client_id="ctl", share_group=None), self.view)
-        self.bridge.start()
-        keys = self.repo.keys
-        assigner = DirectorAssigner(
-            FileAssignmentLedger(tmp / "ledger"), keys.signers("director"), self.bridge, self.pins.__getitem__,
-            policies_for=lambda release, rollout: AssignmentPolicies(probation=ProbationPolicy(window_s=1.0)),
-            director_roots=keys.root_history("director")[1:])
-        self.engine = RolloutEngine(FileRolloutStore(tmp / "rollouts"), self.view, assigner)
-        self.view.engine = self.engine
-        self.stop = threading.Event()
-        threading.Thread(target=self.engine.run, args=(self.stop, 0.2), daemon=True).start()
-        self.agents: dict[str, AgentProcess] = {}
-        for d in AGENTS:
-            side = SimpleNamespace(device_id=d, base_url=self.repo.base_url, roots=self.repo.roots)
-            (tmp / d).mkdir()
-            # Fewer latency rounds than the default keep twenty gates within a small host's budget.
-            self.agents[d] = AgentProcess(tmp / d, side, port, gate_latency_rounds=20)  # type: ignore[arg-type]
-
-    def start_agents(self) -> None:
-        for agent in self.agents.values():
-            agent.start()
-            time.sleep(START_PACING_S)
-        wait_for(lambda: all(self.view.devices[d].online for d in AGENTS), 90, "all agents online",
-                 lambda: self.logs([d for d in AGENTS if not self.view.devices[d].online]))
-
-    def publish(self, model: SampleModel, version: str, counter: int) -> None:
-        targets = self.repo.publish_release(model, version, counter)
-        self.pins[ReleaseRef("digits", version)] = tuple(TargetPin(t.name, t.length, t.sha256) for t in targets)
-
-    def rollout(self, rollout_id: str, version: str, waves: tuple[WaveSpec, ...]) -> None:
-        spec = RolloutSpec(ReleaseRef("digits", version), Selector(tags=frozenset({"lab"})), waves,
-                           HealthPolicy(device_timeout_s=90, min_accuracy=0.9))
-        self.engine.create(rollout_id, spec, "alice")
-
-    def settle(self, rollout_id: str, timeout_s: float = 100) -> Any:
-        def done() -> Any:
-            record = self.engine.store.load(rollout_id)
-            return record if record.state in (RolloutState.COMPLETED, RolloutState.HALTED) else None
-
-        def unfinished_logs() -> str:
-            record = self.engine.store.load(rollout_id)
-            late = [d for d, p in record.devices.items() if p.state != DeviceState.SUCCEEDED]
-            return f"rollout {record.state.value} wave {record.wave}: {len(late)} unfinished\n" + self.logs(late)
-
-        return wait_for(done, timeout_s, f"rollout {rollout_id} to settle", unfinished_logs)
-
-    def logs(self, devices: list[str]) -> str:
-        return "\n".join(f"--- {d}\n{self.agents[d].log()[-1200:]}" for d in devices[:3])
-
-    def close(self) -> None:
-        self.stop.set()
-        for agent in self.agents.values():
-            agent.kill()
-            agent.notify.close()
-        self.bridge.stop()
-        self.repo.close()
-
-
 @pytest.fixture
 def fleet(tmp_path: Path, mosquitto: Any) -> Iterator[RealFleet]:
-    f = RealFleet(tmp_path, mosquitto.port)
-    try:
+    # Fewer latency rounds than the default keep twenty gates within a small host's budget.
+    with RealFleet(tmp_path, mosquitto.port, AGENTS, gate_latency_rounds=20) as f:
         yield f
-    finally:
-        f.close()
 
 
 def infer_scores(agent: AgentProcess, model: SampleModel, rows: int = 16) -> tuple[np.ndarray, str]:
@@ -166,7 +93,7 @@ class ServingWatch:
 
 def test_three_wave_rollout_over_twenty_real_agents_completes(fleet: RealFleet, digits_mlp: SampleModel) -> None:
     started = time.monotonic()
-    fleet.start_agents()
+    fleet.start_agents(pacing_s=START_PACING_S)
     online = time.monotonic()
     fleet.publish(digits_mlp, "1", 1)
     fleet.publish(digits_mlp, "2", 2)
@@ -203,8 +130,7 @@ def test_three_wave_rollout_over_twenty_real_agents_completes(fleet: RealFleet, 
     assert [t.trigger for t in record.history] == ["create", "start", "settled", "soaked", "settled", "soaked",
                                                    "settled", "soaked_last"]
 
-    ledger = FileAssignmentLedger(fleet.tmp / "ledger")
-    latest = {d: ledger.latest(d) for d in AGENTS}
+    latest = {d: fleet.ledger().latest(d) for d in AGENTS}
     assert all(e is not None and e.release == ReleaseRef("digits", "2") and e.version == 2
                for e in latest.values()), latest  # one assignment per rollout, none repeated
     wait_for(lambda: all(fleet.view.devices[d].active_release == ReleaseRef("digits", "2") for d in AGENTS), 30,
