@@ -4,7 +4,7 @@
 
 The same start-up and the same `Daemon` as `agent.daemon.cli.run`; with EDGEFLEET_TEST_KILL_AT=<step>
 the process SIGKILLs itself when the daemon reaches that step ("verified", "pending", "handled",
-"committed": see `Daemon._handle`), exactly like a power cut there.
+"committed": see `UpdateWorker.handle` in agent/daemon/updates.py), exactly like a power cut there.
 """
 
 from __future__ import annotations
