@@ -187,13 +187,22 @@ def build_csr(key: ec.EllipticCurvePrivateKey, requested_id: str | None) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-def post_enrollment(url: str, body: dict[str, Any], *, ca_file: Path | None, timeout_s: float) -> dict[str, Any]:
-    """POST the request; maps HTTP outcomes onto the error tree."""
+def post_json(
+    url: str,
+    path: str,
+    body: dict[str, Any],
+    *,
+    ca_file: Path | None,
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+    what: str = "enrollment",
+) -> dict[str, Any]:
+    """POST `body` to `url` + `path`; maps HTTP outcomes onto the error tree (enrollment and renewal)."""
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     request = urllib.request.Request(
-        url.rstrip("/") + "/api/v1/enroll",
+        url.rstrip("/") + path,
         data=json.dumps(body).encode("utf-8"),
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        headers={"Content-Type": "application/json", "Accept": "application/json", **(headers or {})},
         method="POST",
     )
     try:
@@ -203,18 +212,23 @@ def post_enrollment(url: str, body: dict[str, Any], *, ca_file: Path | None, tim
         detail = e.read(4096).decode("utf-8", "replace")
         if e.code == 429 or e.code >= 500:
             raise ControllerUnreachable(f"controller answered {e.code}: {detail}") from e
-        raise EnrollmentRefused(f"controller refused enrollment ({e.code}): {detail}") from e
+        raise EnrollmentRefused(f"controller refused {what} ({e.code}): {detail}") from e
     except (urllib.error.URLError, OSError) as e:
         raise ControllerUnreachable(f"cannot reach the controller at {url}: {e}") from e
     if len(raw) > MAX_ANSWER_BYTES:
-        raise BadEnrollmentAnswer(f"enrollment answer exceeds {MAX_ANSWER_BYTES} bytes")
+        raise BadEnrollmentAnswer(f"{what} answer exceeds {MAX_ANSWER_BYTES} bytes")
     try:
         answer = json.loads(raw)
     except ValueError as e:
-        raise BadEnrollmentAnswer(f"enrollment answer is not JSON: {e}") from e
+        raise BadEnrollmentAnswer(f"{what} answer is not JSON: {e}") from e
     if not isinstance(answer, dict):
-        raise BadEnrollmentAnswer("enrollment answer is not a JSON object")
+        raise BadEnrollmentAnswer(f"{what} answer is not a JSON object")
     return answer
+
+
+def post_enrollment(url: str, body: dict[str, Any], *, ca_file: Path | None, timeout_s: float) -> dict[str, Any]:
+    """POST the enrollment request; maps HTTP outcomes onto the error tree."""
+    return post_json(url, "/api/v1/enroll", body, ca_file=ca_file, timeout_s=timeout_s)
 
 
 def _field(obj: dict[str, Any], name: str, kind: type) -> Any:
@@ -224,19 +238,17 @@ def _field(obj: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def check_answer(answer: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> tuple[str, x509.Certificate]:
-    """The device id, after checking the certificate binds our key, names the id and chains to the CA."""
+def check_certificate(
+    cert_pem: str, *, key: ec.EllipticCurvePrivateKey, device_id: str, ca: x509.Certificate
+) -> x509.Certificate:
+    """The certificate, after checking it binds `key`, names `device_id` and is signed by `ca`."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import NameOID
 
-    device_id = _field(answer, "device_id", str)
-    if not wire.is_device_id(device_id):
-        raise BadEnrollmentAnswer(f"device id {device_id!r:.80} is not a valid device id")
     try:
-        cert = x509.load_pem_x509_certificate(_field(answer, "certificate", str).encode("ascii"))
-        ca = x509.load_pem_x509_certificate(_field(answer, "ca_certificate", str).encode("ascii"))
+        cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
     except (ValueError, UnicodeEncodeError) as e:
         raise BadEnrollmentAnswer(f"certificate in the answer is not PEM: {e}") from e
     ours = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -251,7 +263,22 @@ def check_answer(answer: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> tup
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as e:
-        raise BadEnrollmentAnswer(f"certificate is not issued by the CA in the answer: {e}") from e
+        raise BadEnrollmentAnswer(f"certificate is not issued by the fleet CA: {e}") from e
+    return cert
+
+
+def check_answer(answer: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> tuple[str, x509.Certificate]:
+    """The device id, after checking the certificate binds our key, names the id and chains to the CA."""
+    from cryptography import x509
+
+    device_id = _field(answer, "device_id", str)
+    if not wire.is_device_id(device_id):
+        raise BadEnrollmentAnswer(f"device id {device_id!r:.80} is not a valid device id")
+    try:
+        ca = x509.load_pem_x509_certificate(_field(answer, "ca_certificate", str).encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as e:
+        raise BadEnrollmentAnswer(f"CA certificate in the answer is not PEM: {e}") from e
+    cert = check_certificate(_field(answer, "certificate", str), key=key, device_id=device_id, ca=ca)
     mqtt = _field(answer, "mqtt", dict)
     for name, kind in (("host", str), ("port", int), ("tls", bool), ("username", str), ("password", str)):
         _field(mqtt, name, kind)

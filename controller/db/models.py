@@ -94,6 +94,23 @@ class DeviceTag(Base):
     device: Mapped[Device] = relationship(back_populates="tags")
 
 
+class DeviceCertificate(Base):
+    """Every certificate the fleet CA issued to a device: enrollment and each renewal.
+
+    Kept forever so a key once retired (superseded by a renewal) or belonging to a revoked device can
+    never be enrolled or renewed again, and so the CRL can list every unexpired serial that is barred.
+    """
+
+    __tablename__ = "device_certificates"
+
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    public_key_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    not_after: Mapped[datetime] = mapped_column(UtcDateTime())
+    superseded_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
 class DeviceEvent(Base):
     """The device's history: enrollment, revocation, status changes, update events."""
 

@@ -8,7 +8,8 @@
         └── pinned roots: image repository root.json + director root
     admin ── revoke(device) ──▶ status revoked, MQTT credential dropped, certificate on the CRL
 
-A revoked device's key stays recorded, so presenting it again with a fresh token is refused.
+A revoked device's keys stay recorded (every certificate it ever had, `DeviceCertificate`), so
+presenting one again with a fresh token is refused. Renewal lives in `renewal.py`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from sqlalchemy.orm import Session
 
 from controller.auth import generate_secret, hash_secret
 from controller.db.base import utcnow
-from controller.db.models import Device, DeviceEvent, DeviceTag, EnrollmentToken
+from controller.db.models import Device, DeviceCertificate, DeviceEvent, DeviceTag, EnrollmentToken
 from controller.enrollment.ca import FleetCA, public_key_from_csr, public_key_from_pem, public_key_sha256
 from controller.enrollment.credentials import generate_password, hash_password
+from controller.enrollment.renewal import barred_certificates
 from controller.enrollment.trust import TrustRoots
 from controller.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 
@@ -163,6 +165,11 @@ def enroll(
 
     key_digest = public_key_sha256(public_key)
     holder = session.scalar(select(Device).where(Device.public_key_sha256 == key_digest))
+    if holder is None:  # a key the device renewed away from is still that device's
+        previous = session.scalar(
+            select(DeviceCertificate).where(DeviceCertificate.public_key_sha256 == key_digest).limit(1)
+        )
+        holder = session.get(Device, previous.device_id) if previous is not None else None
     if holder is not None:
         if holder.status == "revoked":
             raise Forbidden(
@@ -189,6 +196,12 @@ def enroll(
     )
     device.tags = [DeviceTag(tag=t) for t in token.tags]
     session.add(device)
+    session.add(
+        DeviceCertificate(
+            serial=issued.serial_hex, device_id=device_id, public_key_sha256=issued.public_key_sha256,
+            issued_at=now, not_after=issued.not_after,
+        )
+    )
     session.add(
         DeviceEvent(
             device_id=device_id,
@@ -240,7 +253,10 @@ def broker_credentials(session: Session) -> list[tuple[str, str]]:
 
 
 def revoked_certificates(session: Session) -> list[tuple[str, datetime]]:
+    """The CRL's entries: every certificate of a revoked device, and certificates superseded by renewal."""
     rows = session.execute(
         select(Device.cert_serial, Device.revoked_at).where(Device.status == "revoked")
     ).all()
-    return [(s, at) for s, at in rows if at is not None]
+    barred = {s: at for s, at in rows if at is not None}
+    barred.update(barred_certificates(session))
+    return sorted(barred.items())

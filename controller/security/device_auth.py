@@ -8,8 +8,12 @@ A device proves who it is with one of:
   and forwards it in `X-Client-Certificate` (URL-escaped PEM, nginx's `$ssl_client_escaped_cert`). The
   header is honoured only when the router is built with `trust_proxy_certificate=True`, because anyone
   can paste a public certificate into a header; only the TLS handshake proves the key. Even then the
-  certificate is checked again here: issued by the fleet CA, within its validity, and the very serial
-  recorded for an *active* device, so a revoked device is refused even if the proxy's CRL is stale.
+  certificate is checked again here: issued by the fleet CA, within its validity, and a serial recorded
+  for an *active* device and not superseded, so a revoked device is refused even if the proxy's CRL is
+  stale. Through a renewal's overlap the previous certificate is accepted too, until the new one is
+  seen here (see `controller.enrollment.renewal`).
+
+`POST /api/v1/device/certificate/renew` lives here with the other device routes.
 
 Operator routes (`controller.auth.RequireRole`) accept only `Bearer efo_…` tokens, and device routes
 refuse those: the two credential kinds never cross. A revoked device has no password hash left and its
@@ -23,18 +27,22 @@ import binascii
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Body, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
+from controller.api.context import ControllerContext
 from controller.api.deps import Context, DbSession
-from controller.api.errors import AUTH_ERRORS
+from controller.api.errors import AUTH_ERRORS, error_responses
 from controller.db.models import Device
+from controller.enrollment import renewal
+from controller.enrollment.ratelimit import RateLimiter
+from controller.enrollment.renewal import note_certificate_use
 from controller.errors import Unauthenticated
 from controller.mqtt.errors import AuthFileError
 from controller.mqtt.mosquitto_auth import verify_password
@@ -91,8 +99,9 @@ def authenticate_certificate(db: Session, header_value: str, ca: x509.Certificat
     if len(names) != 1:
         raise Unauthenticated("client certificate must name exactly one device")
     device = _active(db, names[0])
-    if device.cert_serial != format(cert.serial_number, "x"):
-        raise Unauthenticated("client certificate is not the device's current certificate")
+    # The previous certificate stays valid through a renewal's overlap; using the newest one ends it.
+    if not note_certificate_use(db, device, format(cert.serial_number, "x")):
+        raise Unauthenticated("client certificate is superseded or not the device's")
     return DeviceIdentity(device.id, "certificate")
 
 
@@ -122,10 +131,67 @@ class DeviceSelf(BaseModel):
     authenticated_by: str
 
 
+class RenewalBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    csr: str = Field(max_length=16384, description="PEM CSR for the new key; CN = the calling device's id.")
+    certificate: str = Field(max_length=16384, description="PEM of the certificate the device holds now.")
+    proof: str = Field(
+        max_length=1024,
+        description="Base64 signature by the current key over the renewal context, device id and CSR.",
+    )
+
+
+class RenewalResponse(BaseModel):
+    device_id: str
+    certificate: str
+    certificate_serial: str
+    certificate_not_after: datetime
+    ca_certificate: str
+    previous_serial: str = Field(description="Still valid until it expires or the new one is seen in use.")
+    key_rotated: bool
+
+
 def device_router(*, trust_proxy_certificate: bool = False) -> APIRouter:
     """Routes for devices themselves (`/api/v1/device/…`), behind `RequireDevice` only."""
     router = APIRouter(prefix="/api/v1/device", tags=["device"], responses=AUTH_ERRORS)
     need = Depends(RequireDevice(trust_proxy_certificate=trust_proxy_certificate))
+    limiters: list[RateLimiter] = []
+
+    def renewal_limiter(ctx: ControllerContext) -> RateLimiter:
+        if not limiters:  # built on first use: the router exists before the app's settings reach it
+            s = ctx.settings
+            limiters.append(RateLimiter(rate_per_s=s.renewal_rate_per_minute / 60, burst=s.renewal_burst))
+        return limiters[0]
+
+    @router.post(
+        "/certificate/renew",
+        response_model=RenewalResponse,
+        responses=error_responses(403, 422, 429),
+        summary="Renew the calling device's certificate (device credential + proof by the current key)",
+    )
+    def renew_certificate(request: Request, body: Annotated[RenewalBody, Body()], db: DbSession, ctx: Context,
+                          who: DeviceIdentity = need) -> Any:
+        limiter = renewal_limiter(ctx)
+        limiter.check(f"device:{who.device_id}")
+        limiter.check(f"client:{request.client.host if request.client else 'unknown'}")
+        result = renewal.renew_certificate(
+            db,
+            who.device_id,
+            renewal.RenewalRequest(csr_pem=body.csr, certificate_pem=body.certificate, proof_b64=body.proof),
+            ca=ctx.ca,
+            cert_validity_days=ctx.settings.device_cert_validity_days,
+        )
+        db.commit()
+        device = result.device
+        return RenewalResponse(
+            device_id=device.id,
+            certificate=result.certificate_pem,
+            certificate_serial=device.cert_serial,
+            certificate_not_after=device.cert_not_after,
+            ca_certificate=result.ca_certificate_pem,
+            previous_serial=result.previous_serial,
+            key_rotated=result.key_rotated,
+        )
 
     @router.get("/self", response_model=DeviceSelf, summary="The calling device's own record (device credential)")
     def device_self(db: DbSession, who: DeviceIdentity = need) -> Any:

@@ -136,7 +136,7 @@ def test_answers_that_do_not_bind_our_key_are_refused(tmp_path: Path) -> None:
         check_answer(renamed, ours)
     other_ca = FleetCA.load_or_create(tmp_path / "other")
     swapped = _answer(ca, "dev-a", ours) | {"ca_certificate": other_ca.certificate_pem}
-    with pytest.raises(BadEnrollmentAnswer, match="not issued by the CA"):
+    with pytest.raises(BadEnrollmentAnswer, match="not issued by the fleet CA"):
         check_answer(swapped, ours)
     for broken in ({"device_id": "../x"}, {"certificate": "nope"}, {"mqtt": {"host": HOST}},
                    {"director_root": None}):
