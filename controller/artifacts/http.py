@@ -4,7 +4,8 @@
     GET  /<key>   the object; a single `Range: bytes=a-b | a- | -n` gets 206 + Content-Range,
                   an unsatisfiable one 416; several ranges are ignored (full 200, which RFC 9110 allows)
     HEAD /<key>   the same headers, no body
-    PUT  /<key>   store the request body (presigned PUT only), at most `max_upload_bytes`
+    PUT  /<key>   store the request body (presigned PUT only), at most `max_upload_bytes`; a URL
+                  signed with `length` takes exactly that many bytes (413 larger, 400 smaller)
 
 Who may read: keys under one of `public_prefixes` (the TUF image repository: metadata and targets are
 signed, so anyone may fetch them; their integrity never depends on this endpoint) or a request carrying a
@@ -64,6 +65,24 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end - start + 1
 
 
+def check_declared_length(declared: str | None, bound: int | None, max_upload_bytes: int) -> None:
+    """Refuse an upload by its Content-Length header before reading it: over the endpoint's limit
+    (413), or not the exact length a length-bound URL was issued for (413 when larger, 400 when
+    smaller). A missing header (chunked body) is checked while streaming instead."""
+    if declared is None:
+        return
+    if not (declared.isascii() and declared.isdigit()):
+        raise HTTPException(status_code=400, detail=f"invalid Content-Length {declared[:32]!r}")
+    size = int(declared)
+    if size > max_upload_bytes:
+        raise HTTPException(status_code=413, detail=f"upload is over the limit of {max_upload_bytes} bytes")
+    if bound is not None and size != bound:
+        raise HTTPException(
+            status_code=413 if size > bound else 400,
+            detail=f"Content-Length {size} differs from the {bound} bytes this URL was issued for",
+        )
+
+
 def _iterate(stream: ByteStream) -> Iterator[bytes]:
     try:
         while chunk := stream.read(STREAM_CHUNK_BYTES):
@@ -83,17 +102,20 @@ def artifact_router(
     reads, no uploads)."""
     router = APIRouter(tags=["artifacts"])
 
-    def authorize(method: str, key: str, expires: str | None, signature: str | None) -> None:
+    def authorize(
+        method: str, key: str, expires: str | None, signature: str | None, length: str | None = None
+    ) -> int | None:
+        """Check the URL; returns the body length a PUT URL is bound to (None: not bound)."""
         try:
             validate_key(key)
         except InvalidKey as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
         if method == "GET" and signature is None and any(key.startswith(p) for p in public_prefixes):
-            return
+            return None
         if signer is None:
             raise HTTPException(status_code=403, detail="presigned URLs are not enabled on this endpoint")
         try:
-            signer.verify(method, key, expires, signature)
+            return signer.verify(method, key, expires, signature, length)
         except SignatureRejected as e:
             raise HTTPException(status_code=403, detail=f"presigned URL refused: {e}") from e
 
@@ -163,24 +185,25 @@ def artifact_router(
         request: Request,
         expires: Annotated[str | None, Query()] = None,
         signature: Annotated[str | None, Query()] = None,
+        length: Annotated[str | None, Query()] = None,
     ) -> dict[str, object]:
         if signature is None:
             raise HTTPException(status_code=403, detail="uploads need a presigned PUT URL")
-        authorize("PUT", key, expires, signature)
+        bound = authorize("PUT", key, expires, signature, length)
+        limit = max_upload_bytes if bound is None else min(bound, max_upload_bytes)
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
-            raise HTTPException(
-                status_code=413, detail=f"upload is over the limit of {max_upload_bytes} bytes"
-            )
+        check_declared_length(declared, bound, max_upload_bytes)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as spool:
             received = 0
             async for chunk in request.stream():
                 received += len(chunk)
-                if received > max_upload_bytes:
-                    raise HTTPException(
-                        status_code=413, detail=f"upload is over the limit of {max_upload_bytes} bytes"
-                    )
+                if received > limit:
+                    raise HTTPException(status_code=413, detail=f"upload is over the limit of {limit} bytes")
                 await run_in_threadpool(spool.write, chunk)
+            if bound is not None and received != bound:
+                raise HTTPException(
+                    status_code=400, detail=f"upload has {received} bytes, the URL was issued for {bound}"
+                )
             spool.seek(0)
             try:
                 written = await run_in_threadpool(

@@ -217,8 +217,8 @@ class LocalArtifactStore:
     def presign_get(self, key: str, *, expires_s: int) -> str:
         return self._signer().sign("GET", key, expires_s=expires_s)
 
-    def presign_put(self, key: str, *, expires_s: int) -> str:
-        return self._signer().sign("PUT", key, expires_s=expires_s)
+    def presign_put(self, key: str, *, expires_s: int, content_length: int | None = None) -> str:
+        return self._signer().sign("PUT", key, expires_s=expires_s, content_length=content_length)
 
     def _signer(self) -> UrlSigner:
         if self.signer is None:

@@ -6,7 +6,9 @@
 - `open(start, length)` is a ranged `GetObject`, which is what the HTTP endpoint and resumable device
   downloads need.
 - Presigned GET / PUT URLs are SigV4 query-signed by boto3: the bucket checks them, the controller is not
-  in the data path. Devices then download models and upload captured samples straight from / to S3.
+  in the data path. Devices then download models and upload captured samples straight from / to S3. A
+  PUT URL issued with `content_length` has the Content-Length header signed into it, so the bucket
+  refuses (403) a body of any other size.
 
 Objects live under an optional key `prefix` inside the bucket, so one bucket can hold several
 installations. Errors from botocore are wrapped into the store's error tree at this boundary.
@@ -29,6 +31,7 @@ from controller.artifacts.errors import (
     RangeNotSatisfiable,
     StoreUnavailable,
 )
+from controller.artifacts.presign import check_content_length
 from controller.artifacts.store import ByteStream, validate_key, validate_prefix
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
@@ -263,12 +266,17 @@ class S3ArtifactStore:
         )
         return url
 
-    def presign_put(self, key: str, *, expires_s: int) -> str:
-        url: str = self.client.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": self.bucket, "Key": self._key(key), "ContentType": "application/octet-stream"},
-            ExpiresIn=expires_s,
-        )
+    def presign_put(self, key: str, *, expires_s: int, content_length: int | None = None) -> str:
+        # With ContentLength in Params, botocore signs the Content-Length header
+        # (X-Amz-SignedHeaders=content-length;content-type;host): the server recomputes the signature
+        # from the request's actual length, so any other body size fails with 403 SignatureDoesNotMatch.
+        check_content_length(content_length)
+        params: dict[str, Any] = {
+            "Bucket": self.bucket, "Key": self._key(key), "ContentType": "application/octet-stream"
+        }
+        if content_length is not None:
+            params["ContentLength"] = content_length
+        url: str = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_s)
         return url
 
 

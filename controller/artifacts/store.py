@@ -101,7 +101,9 @@ class ArtifactStore(Protocol):
         """A URL anyone holding it can GET (with Range) until it expires."""
         ...
 
-    def presign_put(self, key: str, *, expires_s: int) -> str:
+    def presign_put(self, key: str, *, expires_s: int, content_length: int | None = None) -> str:
         """A URL anyone holding it can PUT one object to until it expires. Send
-        `Content-Type: application/octet-stream`."""
+        `Content-Type: application/octet-stream`. With `content_length`, the URL accepts only a body
+        of exactly that many bytes (sent with that `Content-Length`): a holder cannot store more, or
+        less, than was declared when the URL was issued."""
         ...

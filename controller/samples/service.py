@@ -4,6 +4,10 @@
     device ── PUT <url> (bytes) ──▶ artifact store (S3 or the controller's own /artifacts)
     device ── POST /api/v1/device/samples/complete {sample_ids} ──▶ size + SHA-256 checked ──▶ `uploaded`
 
+Each URL is bound to the declared `size_bytes` (a signed Content-Length on S3, a signed `length` on
+the controller's own store): the store refuses a body of any other size, so a device cannot use a
+sample's URL to store gigabytes. The PUT must carry `Content-Length: <size_bytes>`.
+
 Asking again for a sample that is still `pending` returns a *fresh* URL (the old one may have
 expired: that is how a device recovers from a 403 on its PUT). A sample's metadata is fixed at its
 first request; a later request with a different hash or size for the same id is refused, so a
@@ -92,7 +96,8 @@ def request_uploads(db: Session, store: Any, device_id: str, samples: list[Sampl
             continue
         pending: dict[str, Any] = {"sample_id": meta.sample_id, "status": "pending", "method": "PUT"}
         out.append({**pending,
-                    "url": store.presign_put(row.object_key, expires_s=url_ttl_s),
+                    "url": store.presign_put(row.object_key, expires_s=url_ttl_s,
+                                             content_length=row.size_bytes),
                     "headers": {"Content-Type": "application/octet-stream"},
                     "expires_at": expires_at.isoformat()})
     db.commit()

@@ -1,4 +1,5 @@
-"""The artifact HTTP router over a local store: Range, public prefixes, presigned GET/PUT, limits."""
+"""The artifact HTTP router over a local store: Range, public prefixes, presigned GET/PUT, limits,
+PUT URLs bound to an exact body length."""
 
 from __future__ import annotations
 
@@ -110,6 +111,39 @@ def test_presigned_put(store: LocalArtifactStore, client: TestClient) -> None:
 
     assert client.put(_path(big), content=chunks()).status_code == 413
     assert not store.exists("samples/dev-1/big.npz")
+
+
+def test_presigned_put_bound_to_length(store: LocalArtifactStore, client: TestClient) -> None:
+    key = "samples/dev-1/bound.npz"
+    url = store.presign_put(key, expires_s=60, content_length=100)
+    assert parse_qs(urlsplit(url).query)["length"] == ["100"]
+    octets = {"Content-Type": "application/octet-stream"}
+    # one byte more or less, declared or streamed (chunked, no Content-Length): refused, nothing kept
+    assert client.put(_path(url), content=b"x" * 101, headers=octets).status_code == 413
+    assert client.put(_path(url), content=b"x" * 99, headers=octets).status_code == 400
+    assert client.put(_path(url), content=b"", headers=octets).status_code == 400
+
+    def chunks(count: int) -> Iterator[bytes]:
+        for _ in range(count):
+            yield b"y" * 10
+
+    assert client.put(_path(url), content=chunks(11), headers=octets).status_code == 413
+    assert client.put(_path(url), content=chunks(9), headers=octets).status_code == 400
+    assert not store.exists(key)
+    # the length is inside the MAC: editing or dropping it breaks the URL
+    assert client.put(_path(url).replace("length=100", "length=101"), content=b"x" * 101).status_code == 403
+    assert client.put(_path(url).replace("length=100&", ""), content=b"x" * 101).status_code == 403
+    assert client.put(_path(url).replace("length=100", "length=1e3"), content=b"x" * 100).status_code == 403
+    assert not store.exists(key)
+    # exactly the declared length, sent at once or chunked: stored
+    assert client.put(_path(url), content=b"x" * 100, headers=octets).status_code == 201
+    assert store.read_bytes(key) == b"x" * 100
+    assert client.put(_path(url), content=chunks(10), headers=octets).status_code == 201
+    assert store.read_bytes(key) == b"y" * 100
+    # an unbound URL signed before keeps its old form and meaning
+    assert "length=" not in store.presign_put(key, expires_s=60)
+    with pytest.raises(ValueError, match="content_length"):
+        store.presign_put(key, expires_s=60, content_length=-1)
 
 
 def test_bad_key_is_400(client: TestClient) -> None:

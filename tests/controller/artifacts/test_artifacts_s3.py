@@ -1,16 +1,20 @@
 """S3ArtifactStore against a real S3 server (SeaweedFS, signatures enforced): upload, Range GET,
-presigned GET/PUT (tampering refused), multipart for a large stream, limits and cleanup."""
+presigned GET/PUT (tampering refused, PUT bound to the declared length), multipart for a large stream, limits and cleanup."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from agent.capture import HttpObjectPut, UrlExpired
 from controller.artifacts import (
     ArtifactNotFound,
     ArtifactTooLarge,
@@ -92,6 +96,46 @@ def test_presigned_get_and_put(s3: Any) -> None:
     # nor can a GET URL be used to write
     status, _ = _http(url, method="PUT", data=b"x", headers={"Content-Type": "application/octet-stream"})
     assert status == 403 and store.read_bytes("samples/dev-1/a.npz") == b"0123456789"
+
+
+def _raw_put(url: str, body: bytes | Iterator[bytes], *, content_length: int | None) -> int:
+    """PUT with full control of the framing: a given Content-Length, or chunked when None."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/octet-stream"}
+        if content_length is not None:
+            headers["Content-Length"] = str(content_length)
+        conn.request("PUT", f"{parts.path}?{parts.query}", body=body, headers=headers,
+                     encode_chunked=content_length is None)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_presigned_put_bound_to_length(s3: Any) -> None:
+    """SeaweedFS checks the signed Content-Length: only a body of exactly the declared size is stored."""
+    store = _store(s3)
+    key = "samples/dev-1/bound.npz"
+    data = os.urandom(1000)
+    url = store.presign_put(key, expires_s=300, content_length=len(data))
+    signed_headers = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["X-Amz-SignedHeaders"][0]
+    assert "content-length" in signed_headers.split(";")
+    assert _raw_put(url, data + b"!", content_length=len(data) + 1) == 403
+    assert _raw_put(url, data[:-1], content_length=len(data) - 1) == 403
+    assert _raw_put(url, os.urandom(5 * 1024 * 1024), content_length=5 * 1024 * 1024) == 403
+    assert _raw_put(url, iter([data[:600], data[600:]]), content_length=None) == 403  # chunked: no length
+    assert not store.exists(key)
+    # the device's own uploader (urllib, Content-Length from the bytes) gets through unchanged
+    HttpObjectPut(timeout_s=10).put(url, data, {"Content-Type": "application/octet-stream"})
+    assert store.read_bytes(key) == data
+    with pytest.raises(UrlExpired):  # a 403, which the uploader answers by asking for a fresh URL
+        HttpObjectPut(timeout_s=10).put(url, data * 2, {"Content-Type": "application/octet-stream"})
+    assert store.read_bytes(key) == data
+    with pytest.raises(ValueError, match="content_length"):
+        store.presign_put(key, expires_s=300, content_length=True)
 
 
 def test_multipart_stream_and_limit(s3: Any) -> None:
