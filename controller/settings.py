@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     mqtt_bridge_port: int | None = Field(None, ge=1, le=65535)
     mqtt_bridge_username: str | None = None
     mqtt_bridge_password: str | None = None
+    device_offline_after_s: float = Field(
+        90.0, description="Mark a device offline after this long without any message from it (3 x the agent's "
+        "default telemetry_batch_every_s of 30 s); 0 turns the sweep off (agents without telemetry).",
+    )
 
     device_cert_validity_days: int = Field(365, ge=1, le=3650)
     enrollment_token_ttl_s: int = Field(24 * 3600, ge=60)
@@ -86,6 +90,13 @@ class Settings(BaseSettings):
         unknown = [v for v in value if v not in known]
         if unknown or not value:
             raise ValueError(f"build_variants must be a non-empty subset of {known}; unknown: {unknown}")
+        return value
+
+    @field_validator("device_offline_after_s")
+    @classmethod
+    def _offline_after(cls, value: float) -> float:
+        if value != 0 and not 10.0 <= value <= 7 * 24 * 3600:
+            raise ValueError(f"device_offline_after_s must be 0 (off) or 10..604800 seconds, got {value}")
         return value
 
     @field_validator("database_url", "artifact_url")
