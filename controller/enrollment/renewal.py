@@ -121,8 +121,10 @@ def _refuse_barred_key(session: Session, device: Device, key_digest: str, holder
     for row in rows:
         if row.device_id != device.id:
             raise Forbidden(f"this key belongs to device {row.device_id}; a key serves one device only")
-        if row.superseded_at is not None:
-            raise Forbidden(f"this key was retired when certificate {row.serial} was superseded; use a new key")
+        if key_digest != holder.public_key_sha256:
+            # Only the key the device proved it holds may be certified again; any other key it once
+            # had is retired (its certificate superseded now or on this renewal) and never returns.
+            raise Forbidden(f"this key was retired with certificate {row.serial}; renew with a fresh key")
     other = session.scalar(select(Device).where(Device.public_key_sha256 == key_digest, Device.id != device.id))
     if other is not None:
         raise Forbidden(f"this key belongs to device {other.id}; a key serves one device only")

@@ -43,7 +43,7 @@ from controller.db.models import Device
 from controller.enrollment import renewal
 from controller.enrollment.ratelimit import RateLimiter
 from controller.enrollment.renewal import note_certificate_use
-from controller.errors import Unauthenticated
+from controller.errors import RateLimited, Unauthenticated
 from controller.mqtt.errors import AuthFileError
 from controller.mqtt.mosquitto_auth import verify_password
 
@@ -172,8 +172,12 @@ def device_router(*, trust_proxy_certificate: bool = False) -> APIRouter:
     def renew_certificate(request: Request, body: Annotated[RenewalBody, Body()], db: DbSession, ctx: Context,
                           who: DeviceIdentity = need) -> Any:
         limiter = renewal_limiter(ctx)
-        limiter.check(f"device:{who.device_id}")
-        limiter.check(f"client:{request.client.host if request.client else 'unknown'}")
+        try:
+            limiter.check(f"device:{who.device_id}")
+            limiter.check(f"client:{request.client.host if request.client else 'unknown'}")
+        except RateLimited as e:
+            raise RateLimited(f"too many certificate renewals by device {who.device_id}: {e}",
+                              retry_after_s=e.retry_after_s) from e
         result = renewal.renew_certificate(
             db,
             who.device_id,
