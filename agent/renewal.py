@@ -102,7 +102,8 @@ def proof_message(device_id: str, csr_pem: str) -> bytes:
     return PROOF_CONTEXT + device_id.encode("ascii") + b"\x00" + csr_pem.encode("ascii")
 
 
-def _load_pair(identity: Identity) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def load_pair(identity: Identity) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The device key and certificate, after checking they belong together."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -175,15 +176,19 @@ def _linked(identity: Identity) -> bool:
     )
 
 
-def adopt_plain_files(identity: Identity, serial: str) -> None:
+def adopt_plain_files(identity: Identity, serial: str, step: StepHook | None = None) -> None:
     """Move an enrolled pair of plain files into the link layout; every step leaves a matching pair."""
+    hook: StepHook = step or (lambda _name: None)
     if _linked(identity):
         return
     if not identity.key_path.is_symlink() and not identity.cert_path.is_symlink():
         target = _store_pair(identity, serial, identity.key_path.read_bytes(), identity.cert_path.read_bytes())
+        hook("adopt_pair_written")
         _replace_with_link(identity.folder / CURRENT_LINK, target)
+        hook("adopt_current_linked")
     # `current` now holds the same pair as the plain files, so each link below changes no bytes.
     _replace_with_link(identity.key_path, f"{CURRENT_LINK}/{KEY_FILE}")
+    hook("adopt_key_linked")
     _replace_with_link(identity.cert_path, f"{CURRENT_LINK}/{CERT_FILE}")
 
 
@@ -232,9 +237,9 @@ def renew(
         password = identity.password_path.read_text(encoding="utf-8").strip()
     except (OSError, ValueError) as e:
         raise EnrollError(f"the pinned fleet CA or device token in {identity.folder} is unreadable: {e}") from e
-    old_key, old_cert = _load_pair(identity)
+    old_key, old_cert = load_pair(identity)
     previous_serial = format(old_cert.serial_number, "x")
-    adopt_plain_files(identity, previous_serial)
+    adopt_plain_files(identity, previous_serial, hook)
     _prune(identity)
     hook("adopted")
 
@@ -282,7 +287,7 @@ def renew_if_due(
     timeout_s: float = 30.0,
 ) -> Renewed | None:
     """The daemon's hook: renew when `renewal_due` says so, else do nothing and return None."""
-    _, cert = _load_pair(identity)
+    _, cert = load_pair(identity)
     if not renewal_due(cert, now or datetime.now(timezone.utc), fraction, min_days_left):
         return None
     return renew(identity, controller_url, controller_ca=controller_ca, timeout_s=timeout_s)

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     enrollment_token_ttl_s: int = Field(24 * 3600, ge=60)
     enrollment_rate_per_minute: float = Field(30.0, gt=0, description="Enrollment attempts per client.")
     enrollment_burst: int = Field(10, ge=1)
-    renewal_rate_per_minute: float = Field(2.0, gt=0, description="Certificate renewals per device and per client.")
+    renewal_rate_per_minute: float = Field(2.0, gt=0, description="Certificate renewals per device.")
     renewal_burst: int = Field(3, ge=1)
     development_mode: bool = Field(
         False, description="Lab/demo mode: well-known default secrets are allowed (never in production)."

@@ -1,16 +1,22 @@
-"""`edgefleet-agent enroll` against a served controller: the key is made on the device, the answer is
-checked before anything is trusted, and failures leave no half-enrolled state behind."""
+"""`edgefleet-agent enroll` and `renew` against a served controller: the key is made on the device, the
+answer is checked before anything is trusted, failures leave no half-enrolled state behind, and a
+renewal stopped at any step leaves a key and certificate that belong together."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import stat
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from agent import renewal as renewal_cli
 from agent.cli import main as agent_main
 from agent.enroll import (
     BadEnrollmentAnswer,
@@ -21,6 +27,7 @@ from agent.enroll import (
     enroll,
     identity_problems,
 )
+from agent.renewal import load_pair, renew, renew_if_due, renewal_due
 from controller.app import create_app
 from controller.auth import create_api_token
 from controller.enrollment.ca import FleetCA
@@ -142,3 +149,131 @@ def test_answers_that_do_not_bind_our_key_are_refused(tmp_path: Path) -> None:
                    {"director_root": None}):
         with pytest.raises(BadEnrollmentAnswer):
             check_answer(_answer(ca, "dev-a", ours) | broken, ours)
+
+
+# Certificate renewal: `edgefleet-agent renew` against the same served controller.
+
+RENEWAL_STEPS = ("adopt_pair_written", "adopt_current_linked", "adopt_key_linked", "adopted", "requesting",
+                 "answered", "pair_written", "swapped", "done")
+
+
+class _Stop(Exception):
+    """Stands in for a power cut: the run ends where it is."""
+
+
+def _enrolled(controller: Controller, state: Path, device_id: str) -> Identity:
+    enroll(state, controller.url, controller.token(), requested_id=device_id)
+    return Identity(state)
+
+
+def _admin(controller: Controller) -> dict[str, str]:
+    with controller.app.state.ctx.session_factory() as session:
+        _, secret = create_api_token(session, name=f"admin-{free_port()}", role="admin")
+        session.commit()
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def _serial(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "x")
+
+
+def test_renewal_rotates_the_key_and_swaps_the_pair(controller: Controller, tmp_path: Path) -> None:
+    ident = _enrolled(controller, tmp_path / "device", "dev-renew-a")
+    old_key_pem = ident.key_path.read_bytes()
+    _, old_cert = load_pair(ident)
+
+    result = renew(ident)  # the controller URL recorded at enrollment
+    key, cert = load_pair(ident)
+    assert ident.key_path.read_bytes() != old_key_pem
+    assert result.serial == _serial(cert) and result.previous_serial == _serial(old_cert)
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ident.ca_path.read_bytes()))
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "dev-renew-a"
+    assert ident.key_path.is_symlink() and ident.cert_path.is_symlink()
+    assert stat.S_IMODE(ident.key_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(ident.cert_path.stat().st_mode) == 0o644
+    assert identity_problems(ident.state_dir) == []
+    assert [p.name for p in (ident.folder / "pairs").iterdir()] == [result.serial]  # the old key is gone
+    assert json.loads(ident.enrollment_path.read_text())["certificate_serial"] == result.serial
+    # The controller authenticates the device as before and records the new certificate.
+    from fastapi.testclient import TestClient
+
+    detail = TestClient(controller.app).get("/api/v1/devices/dev-renew-a", headers=_admin(controller)).json()
+    assert detail["cert_serial"] == result.serial
+    # And again, from the link layout this time.
+    again = renew(ident)
+    assert again.previous_serial == result.serial and load_pair(ident)[1].serial_number != cert.serial_number
+
+
+@pytest.mark.parametrize("stop_at", RENEWAL_STEPS)
+def test_a_renewal_stopped_at_any_step_leaves_a_matching_pair_and_the_retry_succeeds(
+    controller: Controller, tmp_path: Path, stop_at: str
+) -> None:
+    ident = _enrolled(controller, tmp_path / "device", f"dev-stop-{RENEWAL_STEPS.index(stop_at)}")
+    _, old_cert = load_pair(ident)
+
+    def hook(name: str) -> None:
+        if name == stop_at:
+            raise _Stop(name)
+
+    with pytest.raises(_Stop):
+        renew(ident, step=hook)
+    _, cert = load_pair(ident)  # raises unless key and certificate belong together
+    swapped = RENEWAL_STEPS.index(stop_at) >= RENEWAL_STEPS.index("swapped")
+    assert (cert.serial_number != old_cert.serial_number) == swapped
+    assert identity_problems(ident.state_dir) == []
+    # The pair on disk is one the controller still accepts: the retry is proven with it.
+    result = renew(ident)
+    assert result.previous_serial == _serial(cert)
+    assert load_pair(ident)[1].serial_number != cert.serial_number
+
+
+def test_renewal_is_refused_for_a_revoked_device_and_changes_nothing(
+    controller: Controller, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ident = _enrolled(controller, tmp_path / "device", "dev-renew-r")
+    from fastapi.testclient import TestClient
+
+    r = TestClient(controller.app).post("/api/v1/devices/dev-renew-r/revoke", json={"reason": "stolen"},
+                                        headers=_admin(controller))
+    assert r.status_code == 200
+    before = (ident.key_path.read_bytes(), ident.cert_path.read_bytes())
+    with pytest.raises(EnrollmentRefused, match=r"refused certificate renewal \(401\).*revoked"):
+        renew(ident)
+    assert (ident.key_path.read_bytes(), ident.cert_path.read_bytes()) == before
+    parser = argparse.ArgumentParser()
+    renewal_cli.add_arguments(parser)
+    assert renewal_cli.run(parser.parse_args(["--state-dir", str(ident.state_dir)])) == 1
+    assert "certificate renewal failed" in capsys.readouterr().err
+
+
+def test_renew_subcommand_renews_only_when_due_with_if_due(
+    controller: Controller, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ident = _enrolled(controller, tmp_path / "device", "dev-renew-c")
+    parser = argparse.ArgumentParser()
+    renewal_cli.add_arguments(parser)
+    args = ["--state-dir", str(ident.state_dir), "--controller", controller.url]
+    assert renewal_cli.run(parser.parse_args([*args, "--if-due"])) == 0
+    assert json.loads(capsys.readouterr().out) == {"renewed": False, "state_dir": str(ident.state_dir)}
+    assert renewal_cli.run(parser.parse_args([*args, "--if-due", "--min-days-left", "400"])) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["renewed"] is True and out["serial"] == _serial(load_pair(ident)[1])
+    assert renew_if_due(ident, controller_url=controller.url) is None
+
+
+def test_renewal_due_after_two_thirds_of_the_lifetime_or_near_expiry(tmp_path: Path) -> None:
+    ca = FleetCA.load_or_create(tmp_path / "ca")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = x509.load_pem_x509_certificate(ca.issue("dev-a", key.public_key(), validity_days=90).pem.encode())
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    lifetime = end - start
+    assert not renewal_due(cert, start + timedelta(days=1), min_days_left=0)
+    assert not renewal_due(cert, start + lifetime * 0.66, min_days_left=0)
+    assert renewal_due(cert, start + lifetime * 0.67, min_days_left=0)
+    assert renewal_due(cert, end + timedelta(days=1))  # already expired: still "due" (the controller decides)
+    assert not renewal_due(cert, start + timedelta(days=10), fraction=0.9, min_days_left=30)
+    assert renewal_due(cert, end - timedelta(days=29), fraction=0.99, min_days_left=30)
+    with pytest.raises(ValueError):
+        renewal_due(cert, start, fraction=0)
+    with pytest.raises(ValueError):
+        renewal_due(cert, datetime(2026, 1, 1))
