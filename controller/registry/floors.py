@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Device, ModelRelease
 from controller.errors import InvalidInput, NotFound, Unavailable
-from controller.registry.service import NAME_RE
+from controller.registry.meta import NAME_RE
 
 log = logging.getLogger(__name__)
 
