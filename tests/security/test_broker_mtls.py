@@ -2,6 +2,8 @@
 
 The broker config under test is the one `controller.security.broker_tls` generates for production
 (identity as username, username as client id, CRL), and the ACL is `controller.mqtt.mosquitto_auth`'s.
+Certificate renewal is tested end to end here too: a served controller, the agent's `renew`, and the
+broker accepting the new certificate and, once the CRL says so, refusing the superseded one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from fastapi.testclient import TestClient
 
+from agent.enroll import Identity, enroll
+from agent.renewal import renew
+from controller.app import create_app
+from controller.auth import create_api_token
 from controller.enrollment.ca import FleetCA
 from controller.mqtt.mosquitto_auth import acl_file
 from controller.security.broker_tls import (
@@ -25,6 +33,8 @@ from controller.security.broker_tls import (
 )
 from controller.security.crl import install_crl
 from controller.security.files import write_private
+from controller.settings import Settings
+from tests.provisioning.harness import ServedApp
 from tests.security.tls_clients import ClientFiles, TlsClient, issue_client
 from tests.services import HOST, Mosquitto, free_port, wait_until
 
@@ -166,3 +176,76 @@ def test_a_crl_from_another_ca_never_replaces_the_installed_one(fleet: Fleet, tm
     with pytest.raises(Exception, match="not signed by the fleet CA"):
         install_crl(rogue.crl_pem([]).encode(), fleet.tls.ca_file.read_bytes(), fleet.tls.crl_file)
     assert fleet.tls.crl_file.read_bytes() == before
+
+
+def _pair_copy(identity: Identity, folder: Path, name: str) -> ClientFiles:
+    """The device's current pair copied aside (the agent deletes the old key when it renews)."""
+    folder.mkdir(exist_ok=True)
+    cert_pem = identity.cert_path.read_bytes()
+    files = ClientFiles(name, folder / f"{name}.crt", folder / f"{name}.key",
+                        format(x509.load_pem_x509_certificate(cert_pem).serial_number, "x"))
+    write_private(files.cert_file, cert_pem, 0o644)
+    write_private(files.key_file, identity.key_path.read_bytes(), 0o600)
+    return files
+
+
+def test_after_renewal_the_device_connects_with_the_new_certificate_and_the_superseded_one_is_refused(
+    tmp_path: Path, security_keyring: Path, mosquitto_factory: Callable[..., Mosquitto]
+) -> None:
+    api_port = free_port()
+    url = f"http://{HOST}:{api_port}"
+    settings = Settings(state_dir=tmp_path / "controller", database_url=f"sqlite:///{tmp_path / 'c.db'}",
+                        keys_dir=security_keyring, public_url=url)
+    app = create_app(settings)
+    served = ServedApp(app, api_port)
+    served.start()
+    clients: list[TlsClient] = []
+    try:
+        with app.state.ctx.session_factory() as session:
+            _, admin = create_api_token(session, name="admin", role="admin")
+            session.commit()
+        api = TestClient(app)  # no lifespan: the served app runs it
+        headers = {"Authorization": f"Bearer {admin}"}
+        token = api.post("/api/v1/enrollment-tokens", json={}, headers=headers).json()["token"]
+        identity = Identity(tmp_path / "device")
+        enroll(identity.state_dir, url, token, requested_id="dev-mtls-1")
+
+        ca_dir = settings.resolved_ca_dir
+        tls = write_broker_tls(ca_dir, tmp_path / "broker-tls", [HOST, "localhost"], crl_pem=app.state.ctx.ca.crl_pem([]))
+        mqtt_port = free_port()
+        broker = mosquitto_factory(acl=acl_file([CONTROLLER_IDENTITY]), allow_anonymous=False,
+                                   extra_conf=device_listener_conf(tls, port=mqtt_port, bind_address=HOST))
+
+        def connects(files: ClientFiles) -> bool:
+            client = TlsClient(HOST, mqtt_port, tls.ca_file, files, files.name)
+            clients.append(client)
+            ok = client.connect(timeout_s=5)
+            client.close()
+            return ok
+
+        def install_controller_crl() -> None:
+            crl = api.get("/api/v1/ca/crl", headers=headers).text
+            if install_crl(crl.encode(), tls.ca_file.read_bytes(), tls.crl_file):
+                broker.restart()
+
+        enrolled = _pair_copy(identity, tmp_path / "pairs", "dev-mtls-1")
+        first = renew(identity)
+        renewed = ClientFiles("dev-mtls-1", identity.cert_path, identity.key_path, first.serial)
+        assert first.previous_serial == enrolled.serial_hex
+        assert connects(renewed)
+        install_controller_crl()
+        assert connects(enrolled)  # the overlap: a device that never stored its new pair is not locked out
+
+        second = renew(identity)  # proven with the first renewal's key: the enrolled certificate is retired
+        install_controller_crl()
+        assert not connects(enrolled)
+        assert connects(ClientFiles("dev-mtls-1", identity.cert_path, identity.key_path, second.serial))
+
+        r = api.post("/api/v1/devices/dev-mtls-1/revoke", json={"reason": "stolen"}, headers=headers)
+        assert r.status_code == 200
+        install_controller_crl()
+        assert not connects(ClientFiles("dev-mtls-1", identity.cert_path, identity.key_path, second.serial))
+    finally:
+        for client in clients:
+            client.close()
+        served.stop()
