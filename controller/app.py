@@ -6,6 +6,7 @@
       ├── fleet CA, enrollment rate limiter, trust roots
       ├── model registry + background build worker         started/stopped with the app
       ├── image repository refresher (snapshot/timestamp)  started/stopped with the app
+      ├── device liveness sweep                            marks devices silent for device_offline_after_s offline
       ├── MQTT bridge → device registry (optional)         connects in the background, retrying
       ├── rollout engine (with the bridge and a director key) signed assignments out, outcomes in
       └── routers: /healthz, /api/v1/{tokens,enrollment-tokens,enroll,devices,models,repository,ca,broker,rollouts,…}
@@ -32,12 +33,12 @@ from controller.api.limits import BodySizeLimit
 from controller.artifacts import ArtifactStore, UrlSigner, store_from_url
 from controller.artifacts.http import artifact_router
 from controller.artifacts.refresh import RepositoryRefresher
-from controller.background import BackgroundStart
+from controller.background import BackgroundStart, Periodic
 from controller.build import BuildOptions, build_variants
 from controller.dashboard import mount_dashboard
 from controller.db import make_engine, make_session_factory
 from controller.db import migrate as db_migrate
-from controller.devices import DatabaseFleetSink
+from controller.devices import DatabaseFleetSink, LivenessSweeper
 from controller.enrollment.ca import FleetCA
 from controller.enrollment.ratelimit import RateLimiter
 from controller.enrollment.trust import TrustRoots
@@ -134,6 +135,13 @@ def create_app(
     if isinstance(registry.publisher, RepositoryPublisher):
         publisher_ = registry.publisher
         background.append(RepositoryRefresher(publisher_.repository, publisher_.lock))
+    if settings.device_offline_after_s > 0:
+        # Every replica sweeps (the UPDATE is idempotent); a replica that just started waits one full
+        # threshold first, since it could not have heard from anyone while it was down.
+        sweeper = LivenessSweeper(session_factory, offline_after_s=settings.device_offline_after_s)
+        ctx.extras["liveness"] = sweeper
+        background.append(Periodic(sweeper.sweep, every_s=sweeper.every_s, what="device liveness sweep",
+                                   first_after_s=settings.device_offline_after_s))
     if settings.mqtt_bridge:
         bridge = MqttBridge(
             BridgeConfig(

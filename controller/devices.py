@@ -1,17 +1,29 @@
 """The device registry: queries by tag, class and model version, and what devices last reported.
 
-The MQTT bridge calls `record_presence` / `record_status` / `record_event` as messages arrive; the API
-reads through `device_query`. A revoked device's reports are ignored: its credential no longer works
-on the broker, and a late retained message must not bring it back to life in the registry.
+The MQTT bridge calls `record_presence` / `record_status` / `record_event` as messages arrive, telemetry
+ingest calls `record_seen`; the API reads through `device_query`. A revoked device's reports are
+ignored: its credential no longer works on the broker, and a late retained message must not bring it
+back to life in the registry.
+
+Liveness: presence messages (the agent's last will) alone cannot be trusted: a half-open connection,
+or a broker that lost the will, would leave a device "online" forever. So every message from a device
+(status, event, telemetry, presence online) sets `last_seen_at` and marks it online, and
+`mark_stale_offline` (run periodically by every replica) marks offline the devices silent for longer
+than `device_offline_after_s`. Which devices are stale is decided by the pure `stale_devices`; the
+UPDATE re-checks `last_seen_at` in its WHERE, so replicas sweeping at once record each transition
+once, and a device heard from meanwhile is left alone. An `online` / `offline` event records each
+transition, with what caused it.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent import wire
@@ -19,6 +31,8 @@ from controller.db.base import utcnow
 from controller.db.models import Device, DeviceEvent, DeviceTag
 from controller.enrollment.service import check_hardware_class, check_tags
 from controller.errors import NotFound
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,17 +100,26 @@ def _active(session: Session, device_id: str) -> Device | None:
     return device if device is not None and device.status == "active" else None
 
 
+def _seen(session: Session, device: Device, at: datetime, via: str) -> None:
+    """A message from `device` arrived at `at`: it is alive, whatever the registry thought."""
+    if not device.online:
+        session.add(DeviceEvent(device_id=device.id, at=at, kind="online", detail={"via": via}))
+        device.online = True
+    device.last_seen_at = at
+
+
 def record_presence(session: Session, device_id: str, *, online: bool, at: datetime | None = None) -> bool:
     """Apply an `online` message; returns False when the device is unknown or revoked."""
     device = _active(session, device_id)
     if device is None:
         return False
     at = at or utcnow()
-    if device.online != online:
-        session.add(
-            DeviceEvent(device_id=device_id, at=at, kind="online" if online else "offline", detail={})
-        )
-    device.online = online
+    if online:
+        _seen(session, device, at, "presence")
+        return True
+    if device.online:
+        session.add(DeviceEvent(device_id=device_id, at=at, kind="offline", detail={"via": "presence"}))
+    device.online = False
     device.last_seen_at = at
     return True
 
@@ -117,6 +140,7 @@ def record_status(
     if device is None:
         return False
     at = at or utcnow()
+    _seen(session, device, at, "status")
     before = (device.current_model, device.current_version, device.current_variant, device.update_state)
     after = (model, version, variant, update_state)
     if before != after:
@@ -136,7 +160,6 @@ def record_status(
         )
     device.current_model, device.current_version, device.current_variant, device.update_state = after
     device.last_error = last_error
-    device.last_seen_at = at
     return True
 
 
@@ -148,9 +171,125 @@ def record_event(
     if device is None:
         return False
     at = at or utcnow()
+    _seen(session, device, at, "event")
     session.add(DeviceEvent(device_id=device_id, at=at, kind=kind[:64], detail=detail))
-    device.last_seen_at = at
     return True
+
+
+#: Devices per UPDATE statement (bounds the IN list).
+_ID_CHUNK = 500
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _ID_CHUNK):
+        yield items[start : start + _ID_CHUNK]
+
+
+def record_seen(session: Session, device_ids: Iterable[str], *, at: datetime, via: str) -> list[str]:
+    """Many devices were heard from by `at` (a flush of telemetry): set `last_seen_at`, bring back online
+    the ones marked offline (with an `online` event). Returns those that came back; unknown and revoked
+    ids are skipped. Two statements per chunk, whatever the number of devices."""
+    ids = sorted(set(device_ids))
+    back: list[str] = []
+    for chunk in _chunks(ids):
+        active = (Device.id.in_(chunk), Device.status == "active")
+        came_back = session.execute(
+            update(Device).where(*active, Device.online.is_(False)).values(online=True, last_seen_at=at)
+            .returning(Device.id), execution_options={"synchronize_session": False},
+        ).scalars().all()
+        for device_id in sorted(came_back):
+            session.add(DeviceEvent(device_id=device_id, at=at, kind="online", detail={"via": via}))
+        back.extend(came_back)
+        # Never move last_seen_at backwards (another replica may have stored a later message).
+        session.execute(
+            update(Device).where(*active, or_(Device.last_seen_at.is_(None), Device.last_seen_at < at))
+            .values(last_seen_at=at), execution_options={"synchronize_session": False},
+        )
+    return sorted(back)
+
+
+@dataclass(frozen=True)
+class SeenDevice:
+    """What the liveness check needs to know of one device."""
+
+    device_id: str
+    online: bool
+    status: str
+    last_seen_at: datetime | None
+
+
+def stale_cutoff(now: datetime, offline_after_s: float) -> datetime:
+    """Devices last seen before this instant are stale."""
+    if not offline_after_s > 0:
+        raise ValueError(f"offline_after_s must be positive, got {offline_after_s}")
+    return now - timedelta(seconds=offline_after_s)
+
+
+def stale_devices(devices: Iterable[SeenDevice], now: datetime, offline_after_s: float) -> list[str]:
+    """Ids of the active devices marked online whose last message is older than `offline_after_s` at
+    `now` (or that were never heard from), sorted. Revoked devices keep their last state."""
+    cutoff = stale_cutoff(now, offline_after_s)
+    return sorted(
+        d.device_id for d in devices
+        if d.status == "active" and d.online and (d.last_seen_at is None or d.last_seen_at < cutoff)
+    )
+
+
+def offline_detail(last_seen_at: datetime | None, now: datetime, offline_after_s: float) -> dict[str, Any]:
+    """The `offline` event's detail: why the device was marked offline."""
+    if last_seen_at is None:
+        reason = "stale: no message ever received"
+        silent_s = None
+    else:
+        silent_s = round((now - last_seen_at).total_seconds(), 1)
+        reason = f"stale: no message for {silent_s:.0f} s"
+    return {
+        "via": "sweep",
+        "reason": reason,
+        "silent_s": silent_s,
+        "offline_after_s": offline_after_s,
+        "last_seen_at": None if last_seen_at is None else last_seen_at.isoformat(),
+    }
+
+
+def _stale_where(cutoff: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (
+        Device.status == "active",
+        Device.online.is_(True),
+        or_(Device.last_seen_at.is_(None), Device.last_seen_at < cutoff),
+    )
+
+
+def mark_stale_offline(session: Session, *, now: datetime, offline_after_s: float) -> list[str]:
+    """Mark offline every device silent for longer than `offline_after_s` at `now`, with an `offline`
+    event each; returns their ids. The caller commits.
+
+    Idempotent and safe against other replicas doing the same: the UPDATE repeats the stale condition,
+    so a row another replica already flipped (PostgreSQL re-checks the WHERE after the row lock) or a
+    device heard from since the SELECT is not touched, and only rows this UPDATE changed get an event."""
+    cutoff = stale_cutoff(now, offline_after_s)
+    rows = session.execute(
+        select(Device.id, Device.online, Device.status, Device.last_seen_at).where(*_stale_where(cutoff))
+    ).all()
+    chosen = stale_devices((SeenDevice(*row) for row in rows), now, offline_after_s)
+    return mark_offline(session, chosen, now=now, offline_after_s=offline_after_s)
+
+
+def mark_offline(session: Session, device_ids: Sequence[str], *, now: datetime, offline_after_s: float
+                 ) -> list[str]:
+    """Mark offline those of `device_ids` that are still stale at `now`; returns the ids changed."""
+    cutoff = stale_cutoff(now, offline_after_s)
+    marked: list[str] = []
+    for chunk in _chunks(sorted(device_ids)):
+        changed = session.execute(
+            update(Device).where(Device.id.in_(chunk), *_stale_where(cutoff)).values(online=False)
+            .returning(Device.id, Device.last_seen_at), execution_options={"synchronize_session": False},
+        ).all()
+        for device_id, last_seen_at in sorted(changed):
+            detail = offline_detail(last_seen_at, now, offline_after_s)
+            session.add(DeviceEvent(device_id=device_id, at=now, kind="offline", detail=detail))
+            marked.append(device_id)
+    return marked
 
 
 def history_query(device_id: str) -> Select[DeviceEvent]:
@@ -201,3 +340,28 @@ class DatabaseFleetSink:
         with self._sessions() as session:
             if record_presence(session, presence.device_id, online=presence.state == "online"):
                 session.commit()
+
+
+class LivenessSweeper:
+    """The I/O shell of the liveness check: one transaction per sweep, `now` from the injected clock."""
+
+    def __init__(self, session_factory: sessionmaker[Session], *, offline_after_s: float,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        stale_cutoff(clock(), offline_after_s)  # refuses a non-positive threshold now, not at the first sweep
+        self._sessions = session_factory
+        self.offline_after_s = offline_after_s
+        self._clock = clock
+
+    @property
+    def every_s(self) -> float:
+        """How often to sweep: a device is marked offline at most this long after it became stale."""
+        return min(30.0, max(1.0, self.offline_after_s / 6))
+
+    def sweep(self) -> list[str]:
+        with self._sessions() as session:
+            marked = mark_stale_offline(session, now=self._clock(), offline_after_s=self.offline_after_s)
+            session.commit()
+        if marked:
+            log.info("marked %d silent devices offline (no message for %g s): %s", len(marked),
+                     self.offline_after_s, ", ".join(marked[:20]) + (" ..." if len(marked) > 20 else ""))
+        return marked

@@ -3,7 +3,8 @@
     broker ──$share/telemetry/edgefleet/v1/+/telemetry──▶ TelemetrySubscriber (paho thread: append
         (topic, bytes) to a deque, nothing else) ──▶ TelemetryWriter thread: up to `max_batch`
         messages or `max_delay_s` ──▶ decode, check topic, in-memory dedupe (the subscriber's
-        `accept`) ──▶ one transaction: COPY batches + points
+        `accept`) ──▶ one transaction: COPY batches + points ──▶ one more: the senders' `last_seen_at`
+        (and `online` for those the liveness sweep had marked offline)
 
 Why so little on paho's thread: paho reads the socket, acknowledges QoS 1 and calls back in one
 Python thread; every microsecond of work there competes for the GIL with reading. Why a writer
@@ -35,6 +36,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from itertools import compress
 from typing import Any
 
@@ -50,6 +52,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent import wire
 from agent.metrics.histogram import LatencyHistogram
 from agent.telemetry import wire as twire
+from controller.devices import record_seen
 from controller.mqtt.dedupe import SequenceDeduper
 from controller.telemetry.reader import ChunkedReadClient
 from controller.telemetry.rows import SYSTEM_COLUMNS, FlushRows, storable
@@ -79,6 +82,7 @@ class IngestConfig:
     max_queue_bytes: int = 64 * 1024 * 1024  # raw payloads waiting: bounded in bytes as well as count
     max_payload_bytes: int = twire.MAX_TELEMETRY_BYTES
     retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the flush counts as lost
+    mark_seen: bool = True  # telemetry counts as a sign of life in the device registry
 
 
 class TelemetryWriter:
@@ -162,22 +166,44 @@ class TelemetryWriter:
             group = [self._received.popleft() for _ in range(count)]
             self._bytes_out += sum(len(payload) for _, payload, _ in group)
             try:
-                batches = self._decode(group)
+                batches, newest = self._decode(group)
                 if batches:
                     self._write_with_retries(batches)
+                    if self.config.mark_seen:
+                        self.mark_seen(batches, newest)
                 self.last_lag_s = max(0.0, time.time() - min(t for _, _, t in group))
             finally:
                 self._in_flight = 0
 
-    def _decode(self, group: list[tuple[str, bytes, float]]) -> list[twire.TelemetryBatch]:
+    def _decode(self, group: list[tuple[str, bytes, float]]) -> tuple[list[twire.TelemetryBatch], float]:
+        """The new, valid batches of `group` and when the newest of them was received."""
         if self.intake is None:
             raise RuntimeError("telemetry writer has no intake to decode messages with")
         accepted = []
-        for topic, payload, _ in group:
+        newest = 0.0
+        for topic, payload, received_at in group:
             batch = self.intake(topic, payload)
             if batch is not None:
                 accepted.append(batch)
-        return accepted
+                newest = max(newest, received_at)
+        return accepted, newest
+
+    def mark_seen(self, batches: Sequence[twire.TelemetryBatch], received_at: float) -> None:
+        """Telemetry is the agent's regular heartbeat: the senders are alive (`last_seen_at`, back online).
+
+        One short transaction per flush, apart from the data's, and at the flush's newest receive time
+        (within one flush of each message's own). A failure is counted, not retried: the device's next
+        batch, well within the offline threshold, tries again."""
+        at = datetime.fromtimestamp(received_at, tz=timezone.utc)
+        try:
+            with self.session_factory() as session:
+                back = record_seen(session, (b.device_id for b in batches), at=at, via="telemetry")
+                session.commit()
+        except Exception:  # noqa: BLE001 - liveness must never stop ingest
+            self.stats["seen_errors"] += 1
+            log.warning("marking %d telemetry senders as seen failed", len(batches), exc_info=True)
+            return
+        self.stats["back_online"] += len(back)
 
     def _write_with_retries(self, batches: list[twire.TelemetryBatch]) -> None:
         """The broker already acknowledged these: try hard (a database restart takes seconds) before

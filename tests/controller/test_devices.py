@@ -48,6 +48,7 @@ def test_queries_pagination_labels_and_history(env: ControllerEnv) -> None:
     sink.on_status(_status("cam-01", 1, "digits-mlp", "1.0.0"))
     sink.on_status(_status("box-01", 1, "digits-mlp", "2.0.0"))
     sink.on_presence(wire.Presence("cam-02", "online"))
+    sink.on_presence(wire.Presence("box-01", "offline"))  # its last will, after a status that marked it online
 
     assert _ids(env) == ["box-01", "cam-01", "cam-02"]
     assert _ids(env, tag="site:lyon") == ["cam-01", "cam-02"]
@@ -55,8 +56,8 @@ def test_queries_pagination_labels_and_history(env: ControllerEnv) -> None:
     assert _ids(env, hardware_class="x86_64-avx2") == ["box-01"]
     assert _ids(env, model="digits-mlp") == ["box-01", "cam-01"]
     assert _ids(env, model="digits-mlp", version="1.0.0") == ["cam-01"]
-    assert _ids(env, online="true") == ["cam-02"]
-    assert _ids(env, online="false") == ["box-01", "cam-01"]
+    assert _ids(env, online="true") == ["cam-01", "cam-02"]  # any message marks a device online
+    assert _ids(env, online="false") == ["box-01"]
 
     pages, offset = [], 0
     while offset is not None:
@@ -82,7 +83,7 @@ def test_queries_pagination_labels_and_history(env: ControllerEnv) -> None:
     assert (detail["current_version"], detail["update_state"]) == ("1.1.0", "probation")
     kinds = [e["kind"] for e in env.client.get("/api/v1/devices/cam-01/history",
                                                headers=env.auth("viewer")).json()["items"]]
-    assert kinds == ["status", "status", "enrolled"]
+    assert kinds == ["status", "status", "online", "enrolled"]
 
 
 def test_reports_for_unknown_or_revoked_devices_change_nothing(env: ControllerEnv) -> None:
