@@ -4,7 +4,7 @@
         ├── device active?                          no → 403 (a revoked device renews nothing)
         ├── CSR signature verifies, CN = caller?    no → 422 / 403
         ├── proof: `certificate` is a valid cert of this device and its key signed the CSR
-        ├── new key never barred (another device's, a revoked device's, a superseded certificate's)
+        ├── new key: fresh, or the proving certificate's own; never another device's or a retired one
         ├── issue, record the serial and key, device row points at the new certificate
         └── every other certificate of the device except the one that proved itself is superseded
 
