@@ -8,40 +8,24 @@ agents are never assigned v2 and keep serving v1.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from controller.rollouts import RolloutState
 from controller.rollouts.plan import WaveSpec
 from controller.rollouts.signals import DeviceState
 from controller.sample_models import SampleModel
 from manifests.assignment import ReleaseRef
+from tests.agent.bad_models import scrambled_weights
 
 from .real_fleet_harness import RealFleet
 
 pytestmark = pytest.mark.slow
 AGENTS = ["edge-a", "edge-b", "edge-c"]
 WAVES = (WaveSpec(count=1, soak_s=1), WaveSpec(percent=100, soak_s=1))
-
-
-def scrambled_model_bytes(model: SampleModel) -> bytes:
-    """The same graph with every weight matrix shuffled: it loads and runs, and its accuracy collapses."""
-    proto = onnx.load(str(model.path))
-    rng = np.random.default_rng(7)
-    for init in proto.graph.initializer:
-        array = numpy_helper.to_array(init)
-        if array.dtype == np.float32 and array.size > 16:
-            init.CopyFrom(numpy_helper.from_array(rng.permutation(array.ravel()).reshape(array.shape), init.name))
-    buffer = io.BytesIO()
-    onnx.save(proto, buffer)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -51,10 +35,11 @@ def fleet(tmp_path: Path, mosquitto: Any) -> Iterator[RealFleet]:
 
 
 def test_real_agents_complete_a_good_rollout_and_halt_a_bad_one_at_the_canary(
-        fleet: RealFleet, digits_mlp: SampleModel) -> None:
+        fleet: RealFleet, digits_mlp: SampleModel, tmp_path: Path) -> None:
     fleet.start_agents()
     fleet.publish(digits_mlp, "1", 1)
-    fleet.publish(digits_mlp, "2", 2, model_bytes=scrambled_model_bytes(digits_mlp))
+    scrambled = scrambled_weights(digits_mlp.path, tmp_path / "scrambled.onnx")
+    fleet.publish(digits_mlp, "2", 2, model_bytes=scrambled.read_bytes())
 
     good = fleet.settle(fleet.rollout("r-v1", "1", WAVES, device_timeout_s=240).rollout_id, timeout_s=240)
     assert good.state == RolloutState.COMPLETED, good.reason
