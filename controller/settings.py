@@ -11,12 +11,17 @@ state folder, a local artifact folder, the fleet CA and signing keys beside it.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 CONFIG_ENV = "EDGEFLEET_CONFIG"
 DEFAULT_STATE_DIR = Path("edgefleet-state")
