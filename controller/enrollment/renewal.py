@@ -134,7 +134,9 @@ def renew_certificate(
     session: Session, device_id: str, request: RenewalRequest, *, ca: FleetCA, cert_validity_days: int
 ) -> RenewalResult:
     now = utcnow()
-    device = session.get(Device, device_id)
+    # Row lock (PostgreSQL): two renewals of one device run one after the other, so the second sees
+    # the first's certificate and supersedes it, keeping at most two valid.
+    device = session.get(Device, device_id, with_for_update=True)
     if device is None or device.status != "active":
         raise Forbidden(f"device {device_id} is revoked or unknown; it cannot renew its certificate")
     public_key = public_key_from_csr(request.csr_pem)
