@@ -18,6 +18,10 @@ What lands in the state folder:
 | identity/enrollment.json    | 0644 | device id, broker address, API URL, certificate serial/expiry |
 | trust.json                  | 0600 | pinned image-repository root and director root (manifests)   |
 
+After the first certificate renewal (`agent.renewal`) `device.key` and `device.crt` are links into
+`identity/pairs/<serial>/` through one `current` link, so the pair is swapped with a single rename; the
+paths above stay the ones to open.
+
 `enrollment.json` is written last, so its presence means the enrollment finished; running the command
 again is then a no-op (what a provisioning playbook needs). A half-finished run keeps the key, so the
 retry proves possession of the same key; the controller refuses a key it already enrolled, in which
