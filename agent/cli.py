@@ -16,6 +16,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "enroll": ("agent.enroll", "Enroll this device with a one-time token (key generated here, never sent)"),
     "profile": ("agent.hardware.cli", "Print this device's hardware profile as JSON"),
+    "renew": ("agent.renewal", "Renew this device's certificate with a new key (--if-due: only when due)"),
     "serve": ("agent.server.cli", "Serve one model file over the Open Inference Protocol"),
     "run": ("agent.daemon.cli", "Run the device agent daemon (MQTT, updates, local inference server)"),
     "status": ("agent.daemon.status", "Show what this device serves and where its update stands"),

@@ -56,6 +56,7 @@ FUZZED = {
     ("GET", "/api/v1/tokens"),
     ("DELETE", "/api/v1/tokens/{token_id}"),
     ("POST", "/api/v1/enrollment-tokens"),
+    ("POST", "/api/v1/device/certificate/renew"),
     ("GET", "/api/v1/enrollment-tokens"),
     ("DELETE", "/api/v1/enrollment-tokens/{token_id}"),
     ("POST", "/api/v1/enroll"),
