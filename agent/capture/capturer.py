@@ -136,6 +136,7 @@ class SampleCapturer:
         try:
             self.spool.add(meta, data)
             self.stats[f"captured:{meta.reason}"] += 1
+            self.stats["spooled_bytes"] += len(data)
         except CaptureError as e:
             self.stats["write_errors"] += 1
             log.warning("capture write failed: %s", e)

@@ -7,6 +7,8 @@
  probation shadow (previous version's answers) ─▶ SampleCapturer.observe_disagreement
  upload thread: every capture_upload_every_s ─▶ SampleUploader.upload_round until the spool is empty
                 a failed round ─▶ the wait doubles, up to capture_upload_max_backoff_s
+                every few seconds ─▶ capture-counts.json (the counters, for `edgefleet-agent status`)
+ counts() ─▶ telemetry batches (`capture`) and /metrics
 ```
 
 Why the new policy applies from the start of an update and not only at its commit: disagreement
@@ -22,8 +24,10 @@ the controller's device routes expect; presigned URLs are never logged.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from agent.capture import CaptureError, CaptureSpool, HttpControllerApi, SampleUploader
 from agent.daemon.config import DaemonConfig
 from agent.state import write_atomic
+from agent.telemetry.capture_counts import CAPTURE_REASONS, CaptureCounts
 from manifests import assignment as A
 
 if TYPE_CHECKING:
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent.daemon.capture")
 MAX_ASSIGNMENT_FILE_BYTES = 256 * 1024
+COUNTS_EVERY_S = 5.0  # how often `capture-counts.json` follows the counters (for `edgefleet-agent status`)
 
 
 def load_committed_policy(path: Path) -> A.CapturePolicy:
@@ -76,6 +82,9 @@ class CaptureWiring:
         self.uploader: SampleUploader | None = None
         self.failed_rounds = 0
         self.next_wait_s = config.capture_upload_every_s  # until the next round (grows while rounds fail)
+        self.counts_path = config.state_dir / "capture-counts.json"
+        self.since_s = time.time()
+        self._saved: dict[str, int] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,7 +125,8 @@ class CaptureWiring:
 
     # --- the inference path ---------------------------------------------------------------------
 
-    def _get_capturer(self) -> SampleCapturer:
+    def get_capturer(self) -> SampleCapturer:
+        """The capturer, created with the first model served (it imports numpy)."""
         with self._lock:
             if self.capturer is None:
                 from agent.capture.capturer import SampleCapturer
@@ -127,7 +137,7 @@ class CaptureWiring:
 
     def attach(self, models: ModelServer, loop: asyncio.AbstractEventLoop, name: str) -> None:
         """Observe the batches of model `name` (idempotent; the observer list belongs to the server loop)."""
-        observe = self._get_capturer().observe
+        observe = self.get_capturer().observe
 
         def add() -> None:
             if observe not in models.model(name).observers:
@@ -138,7 +148,7 @@ class CaptureWiring:
 
     def observe_disagreement(self, version: Any, feeds: Mapping[str, Any], new_outputs: Mapping[str, Any],
                              previous_outputs: Mapping[str, Any]) -> None:
-        self._get_capturer().observe_disagreement(version, feeds, new_outputs, previous_outputs)
+        self.get_capturer().observe_disagreement(version, feeds, new_outputs, previous_outputs)
 
     # --- uploads --------------------------------------------------------------------------------
 
@@ -147,8 +157,8 @@ class CaptureWiring:
         password = c.password()
         if c.controller_url is None or password is None:
             log.warning("no controller_url or device password: captured samples stay spooled, not uploaded")
-            return
-        self.uploader = SampleUploader(self.spool, HttpControllerApi(c.controller_url, c.device_id, password))
+        else:
+            self.uploader = SampleUploader(self.spool, HttpControllerApi(c.controller_url, c.device_id, password))
         self._thread = threading.Thread(target=self._run, name="capture-upload", daemon=True)
         self._thread.start()
 
@@ -159,6 +169,7 @@ class CaptureWiring:
         capturer = self.capturer
         if capturer is not None:
             capturer.stop(timeout_s)
+        self.save_counts()
 
     def upload_pending(self) -> int:
         """Upload rounds until the spool is empty; raises CaptureError when a round confirms nothing."""
@@ -173,18 +184,71 @@ class CaptureWiring:
         return total
 
     def _run(self) -> None:
+        next_round_s = time.monotonic() + self.next_wait_s
+        while not self._stop.wait(max(0.0, min(COUNTS_EVERY_S, next_round_s - time.monotonic()))):
+            if self.uploader is not None and time.monotonic() >= next_round_s:
+                self._upload_round()
+                next_round_s = time.monotonic() + self.next_wait_s
+            self.save_counts()
+
+    def _upload_round(self) -> None:
         every_s = self.config.capture_upload_every_s
-        while not self._stop.wait(self.next_wait_s):
-            try:
-                uploaded = self.upload_pending()
-            except Exception as e:  # CaptureError/UploadError: the controller or the store is unreachable
-                self.failed_rounds += 1
-                self.next_wait_s = min(self.config.capture_upload_max_backoff_s, max(self.next_wait_s, every_s) * 2)
-                if isinstance(e, CaptureError):
-                    log.warning("sample upload failed, next try in %.1f s: %s", self.next_wait_s, e)
-                else:
-                    log.exception("sample upload round failed unexpectedly; next try in %.1f s", self.next_wait_s)
-                continue
-            if uploaded:
-                log.info("uploaded %d captured samples", uploaded)
-            self.next_wait_s = every_s
+        try:
+            uploaded = self.upload_pending()
+        except Exception as e:  # CaptureError/UploadError: the controller or the store is unreachable
+            self.failed_rounds += 1
+            self.next_wait_s = min(self.config.capture_upload_max_backoff_s, max(self.next_wait_s, every_s) * 2)
+            if isinstance(e, CaptureError):
+                log.warning("sample upload failed, next try in %.1f s: %s", self.next_wait_s, e)
+            else:
+                log.exception("sample upload round failed unexpectedly; next try in %.1f s", self.next_wait_s)
+            return
+        if uploaded:
+            log.info("uploaded %d captured samples", uploaded)
+        self.next_wait_s = every_s
+
+    # --- counts ---------------------------------------------------------------------------------
+
+    def counts(self) -> CaptureCounts:
+        """Counters since this wiring was created (the daemon's start), and what waits in the spool.
+
+        Read from other threads (telemetry, /metrics): each figure is one read of a counter, so a
+        snapshot may be a row apart between two counters, never torn within one."""
+        capturer, uploader, spool = self.capturer, self.uploader, self.spool
+        cs = capturer.stats.copy() if capturer is not None else None
+        us = uploader.stats.copy() if uploader is not None else None
+        captured = {r: cs[f"captured:{r}"] if cs is not None else 0 for r in CAPTURE_REASONS}
+        pending = spool.pending()
+        return CaptureCounts(
+            since_s=self.since_s,
+            captured_random=captured["random"], captured_low_confidence=captured["low_confidence"],
+            captured_disagreement=captured["disagreement"],
+            dropped_hourly_budget=cs["skipped:hourly_budget"] if cs is not None else 0,
+            dropped_daily_budget=cs["skipped:daily_budget"] if cs is not None else 0,
+            dropped_spool_full=spool.dropped,
+            dropped_backlog=cs["dropped_backlog"] if cs is not None else 0,
+            write_errors=cs["write_errors"] if cs is not None else 0,
+            discarded_by_policy=spool.discarded,
+            uploaded=us["uploaded"] if us is not None else 0,
+            upload_failures=us["put_failures"] if us is not None else 0,
+            upload_rounds_failed=self.failed_rounds,
+            spooled_bytes=cs["spooled_bytes"] if cs is not None else 0,
+            pending=len(pending), pending_bytes=sum(m.size_bytes for m in pending))
+
+    def reported_counts(self) -> CaptureCounts | None:
+        """For telemetry batches: None until there is something to say (see `capture_counts`)."""
+        counts = self.counts()
+        return counts if any(counts.counters().values()) else None
+
+    def save_counts(self) -> None:
+        """`capture-counts.json` for `edgefleet-agent status`; written only when a figure changed."""
+        counts = self.counts()
+        figures = counts.counters()
+        if figures == self._saved:
+            return
+        try:
+            write_atomic(self.counts_path, json.dumps(counts.to_dict(), sort_keys=True).encode())
+        except OSError as e:
+            log.warning("cannot write %s: %s", self.counts_path, e)
+            return
+        self._saved = figures

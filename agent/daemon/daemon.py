@@ -39,7 +39,7 @@ from agent.state import write_atomic
 
 if TYPE_CHECKING:
     from agent.daemon.capture import CaptureWiring
-    from agent.telemetry import SystemSampler, TelemetryLoop
+    from agent.telemetry import CaptureCounts, SystemSampler, TelemetryLoop
 
 log = logging.getLogger("agent.daemon")
 
@@ -109,7 +109,7 @@ class Daemon:
 
             self.telemetry = build_telemetry(self.config, self.session, self.serving,
                                              lambda: self.reporter.state if self.reporter else None,
-                                             self._system_sampler())
+                                             self._system_sampler(), capture=self._reported_capture_counts)
             self.telemetry.start()
         self.updates = UpdateWorker(self.config, self.slots, self.inbox, self.serving, self.session, self.reporter,
                                     self._stop, capture=self.capture, telemetry=self.telemetry,
@@ -188,6 +188,12 @@ class Daemon:
         if self.capture is not None:
             self.capture.observe_disagreement(version, feeds, new_outputs, previous_outputs)
 
+    def _capture_counts(self) -> CaptureCounts | None:
+        return self.capture.counts() if self.capture is not None else None
+
+    def _reported_capture_counts(self) -> CaptureCounts | None:
+        return self.capture.reported_counts() if self.capture is not None else None
+
     # --- small helpers --------------------------------------------------------------------------
 
     def _current(self) -> ModelRef | None:
@@ -204,7 +210,7 @@ class Daemon:
     def _mount_metrics(self, app: Any, models: Any, loop: Any) -> None:
         from agent.daemon.telemetry import mount_metrics
 
-        mount_metrics(app, models, loop, self._system_sampler(), self.telemetry)
+        mount_metrics(app, models, loop, self._system_sampler(), self.telemetry, capture=self._capture_counts)
 
     def _server_started(self, url: str) -> None:
         self._server_url = url

@@ -1,7 +1,8 @@
 """`edgefleet-agent status --config DEVICE.toml`: what this device runs and where its update stands.
 
 Reads only the device's state folder (pointers, journal, outbox, trust state, the running daemon's
-`daemon.json`) and, when the daemon serves, asks its `/v2/health/ready`. It works with the daemon
+`daemon.json`, the sample-capture counters it saves in `capture-counts.json`, the capture spool) and,
+when the daemon serves, asks its `/v2/health/ready`. It works with the daemon
 stopped, which is when an operator most needs it. Exit status: 0 when the daemon runs, 3 when it
 does not (as `systemctl status`), 2 for a configuration problem.
 """
@@ -57,6 +58,7 @@ def collect(config: DaemonConfig) -> dict[str, Any]:
                         if k in trust}
     else:
         doc["trust"] = {"enrolled": False}
+    doc["capture"] = capture_status(config, running=doc["daemon"]["running"])
     url = doc["daemon"].get("server_url") if doc["daemon"]["running"] else None
     doc["server_ready"] = _ready(url) if isinstance(url, str) else None
     return doc
@@ -96,9 +98,76 @@ def render(doc: dict[str, Any]) -> str:
                  + (f"  {u['deployment_id']}" if u.get("deployment_id") else "")
                  + (f"  ({u['reason']})" if u.get("reason") else ""))
     lines.append(f"outbox     {doc['outbox_pending']} message(s) waiting for the broker")
+    lines.append(render_capture(doc.get("capture")))
     if doc.get("server_ready") is not None:
         lines.append(f"server     {'ready' if doc['server_ready'] else 'not ready'}")
     return "\n".join(lines)
+
+
+def capture_status(config: DaemonConfig, running: bool) -> dict[str, Any]:
+    """The counters the daemon last saved (cumulative since it started) and what waits in the spool now.
+
+    The spool is counted from its folder, so the figure is right with the daemon stopped; the counters
+    are the running daemon's (saved every few seconds) or, with it stopped, those of its last run."""
+    from agent.telemetry.capture_counts import CaptureCountsError, counts_from_dict
+
+    doc: dict[str, Any] = {"counters": None}
+    raw = _read_json(config.state_dir / "capture-counts.json")
+    if raw is not None:
+        try:
+            counts = counts_from_dict(raw, "capture-counts.json")
+        except CaptureCountsError as e:
+            doc["counters"] = {"error": str(e)}
+        else:
+            doc["counters"] = counts.counters()
+            doc["counters"].pop("pending")
+            doc["counters"].pop("pending_bytes")
+            doc["since_s"] = counts.since_s
+            doc["from"] = "running daemon" if running else "last run"
+    pending, pending_bytes = 0, 0
+    try:
+        for meta in config.capture_dir.glob("*.json"):
+            sample = meta.with_suffix(".npz")
+            if sample.is_file():
+                pending += 1
+                pending_bytes += sample.stat().st_size
+    except OSError:
+        pass  # an unreadable spool folder counts as empty here; the daemon logs why
+    doc["pending"], doc["pending_bytes"] = pending, pending_bytes
+    return doc
+
+
+def render_capture(capture: Any) -> str:
+    if not isinstance(capture, dict):
+        return "capture    -"
+    waiting = f"{capture.get('pending', 0)} sample(s), {capture.get('pending_bytes', 0)} bytes waiting for upload"
+    c = capture.get("counters")
+    if not isinstance(c, dict):
+        return f"capture    {waiting}"
+    if "error" in c:
+        return f"capture    {waiting}; counters unreadable: {c['error']}"
+    captured = c["captured_random"] + c["captured_low_confidence"] + c["captured_disagreement"]
+    dropped = (c["dropped_hourly_budget"] + c["dropped_daily_budget"] + c["dropped_spool_full"]
+               + c["dropped_backlog"])
+    return "\n".join([
+        f"capture    {waiting}",
+        f"           {captured} captured (random {c['captured_random']}, low_confidence "
+        f"{c['captured_low_confidence']}, disagreement {c['captured_disagreement']}), {c['spooled_bytes']} bytes "
+        f"spooled; {c['uploaded']} uploaded, {c['upload_failures']} failed upload(s), "
+        f"{c['upload_rounds_failed']} failed round(s)",
+        f"           {dropped} dropped (hourly budget {c['dropped_hourly_budget']}, daily budget "
+        f"{c['dropped_daily_budget']}, spool full {c['dropped_spool_full']}, backlog {c['dropped_backlog']}), "
+        f"{c['write_errors']} write error(s), {c['discarded_by_policy']} deleted by the off switch "
+        f"({capture.get('from')}, since {_when(capture.get('since_s'))})",
+    ])
+
+
+def _when(since_s: Any) -> str:
+    if not isinstance(since_s, (int, float)):
+        return "?"
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(since_s, timezone.utc).isoformat(timespec="seconds")
 
 
 def _read_json(path: Path) -> Any:

@@ -17,6 +17,7 @@ from agent.daemon.config import DaemonConfig
 from agent.daemon.serving import LazyServing
 from agent.mqtt import AgentSession
 from agent.telemetry import (
+    CaptureCounts,
     ModelCounters,
     SessionChannel,
     SystemSampler,
@@ -42,12 +43,13 @@ class LazyModelMetrics:
 
 
 def build_telemetry(config: DaemonConfig, session: AgentSession, serving: LazyServing,
-                    update_state: Callable[[], str | None], system: SystemSampler) -> TelemetryLoop:
+                    update_state: Callable[[], str | None], system: SystemSampler,
+                    capture: Callable[[], CaptureCounts | None] | None = None) -> TelemetryLoop:
     loop_config = TelemetryConfig(device_id=config.device_id, sample_every_s=config.telemetry_sample_every_s,
                                   batch_every_s=config.telemetry_batch_every_s)
     spool = TelemetrySpool(config.state_dir / "telemetry", max_points=config.telemetry_max_points)
     return TelemetryLoop(loop_config, spool, SessionChannel(session), system, LazyModelMetrics(serving),
-                         update_state)
+                         update_state, capture=capture)
 
 
 def set_hardware_class(loop: TelemetryLoop, hardware_class: str) -> None:
@@ -56,8 +58,10 @@ def set_hardware_class(loop: TelemetryLoop, hardware_class: str) -> None:
 
 
 def mount_metrics(app: Any, models: Any, loop: asyncio.AbstractEventLoop, system: SystemSampler,
-                  telemetry: TelemetryLoop | None) -> None:
+                  telemetry: TelemetryLoop | None,
+                  capture: Callable[[], CaptureCounts | None] | None = None) -> None:
     """`GET /metrics` (Prometheus text) on the inference server's application, before it starts."""
     from agent.telemetry.prometheus import ServerModelMetrics, add_metrics_routes
 
-    add_metrics_routes(app, models=ServerModelMetrics(models, loop), system=system, telemetry=telemetry)
+    add_metrics_routes(app, models=ServerModelMetrics(models, loop), system=system, telemetry=telemetry,
+                       capture=capture)

@@ -22,6 +22,7 @@ Errors (see `agent.telemetry.errors`)::
 
 from __future__ import annotations
 
+from agent.telemetry.capture_counts import CaptureCounts
 from agent.telemetry.collector import (
     ModelCounters,
     ModelMetricsSource,
@@ -36,6 +37,7 @@ from agent.telemetry.system import SystemSampler, read_temperatures
 from agent.telemetry.wire import TelemetryBatch, TelemetryWireError
 
 __all__ = [
+    "CaptureCounts",
     "ModelCounters",
     "ModelMetricsSource",
     "SessionChannel",

@@ -11,6 +11,7 @@ the broker is reachable and a few at a time: while offline, history accumulates 
 is rolled up instead of dropped when the bound is reached.
 
 The loop waits on an Event with a timeout between steps: no busy loop, and `stop()` returns at once.
+Sample-capture counters (`capture`, a callable) ride along in every batch as they stand when it is built.
 Model metrics come through `ModelMetricsSource`, which the inference server implements; the loop never
 imports numpy or a runtime itself, so an idle agent without a model stays small.
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.metrics.histogram import LatencyHistogram
+from agent.telemetry.capture_counts import CaptureCounts
 from agent.telemetry.errors import TelemetryError
 from agent.telemetry.points import histogram_delta
 from agent.telemetry.spool import TelemetrySpool
@@ -92,6 +94,7 @@ class TelemetryLoop:
         models: ModelMetricsSource | None = None,
         update_state: Callable[[], str | None] | None = None,
         clock: Callable[[], float] = time.time,
+        capture: Callable[[], CaptureCounts | None] | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
@@ -100,6 +103,7 @@ class TelemetryLoop:
         self.models = models
         self.update_state = update_state
         self.clock = clock
+        self.capture = capture
         self.batches_sent = 0
         self.errors = 0
         self._previous: dict[tuple[str, str, str], ModelCounters] = {}
@@ -134,6 +138,7 @@ class TelemetryLoop:
                     points=tuple(points), hardware_class=self.config.hardware_class,
                     update_state=self.update_state() if self.update_state else None,
                     dropped_points=self.spool.dropped_points, rolled_up_points=self.spool.rolled_up_points,
+                    capture=self.capture() if self.capture else None,
                 ))
 
             self.channel.publish(build)

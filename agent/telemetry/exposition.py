@@ -6,9 +6,10 @@ counts are exact (no interpolation) and the series count stays small.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from agent.metrics.histogram import EDGES_S, LatencyHistogram
+from agent.telemetry.capture_counts import CAPTURE_REASONS, CaptureCounts
 from agent.telemetry.collector import ModelCounters, SystemSource, TelemetryLoop
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,7 +40,8 @@ def histogram_lines(name: str, hist: LatencyHistogram, **labels: str) -> list[st
 
 
 def render(models: Iterable[ModelCounters] = (), system: SystemSource | None = None,
-           telemetry: TelemetryLoop | None = None) -> str:
+           telemetry: TelemetryLoop | None = None, capture: CaptureCounts | None = None,
+           cancelled_in_queue: Mapping[str, int] | None = None) -> str:
     out: list[str] = []
     counters = list(models)
     if counters:
@@ -53,6 +55,12 @@ def render(models: Iterable[ModelCounters] = (), system: SystemSource | None = N
                 "# TYPE edgefleet_model_latency_seconds histogram"]
         for c in counters:
             out += histogram_lines("edgefleet_model_latency_seconds", c.latency, **_model_labels(c))
+    if cancelled_in_queue:
+        out += ["# HELP edgefleet_model_cancelled_in_queue_total Requests dropped before they ran: "
+                "the client disconnected while they were queued.",
+                "# TYPE edgefleet_model_cancelled_in_queue_total counter"]
+        out += [f"edgefleet_model_cancelled_in_queue_total{_labels(model=m)} {n}"
+                for m, n in sorted(cancelled_in_queue.items())]
     if system is not None:
         s = system.sample()
         for name, value, kind in (
@@ -79,7 +87,38 @@ def render(models: Iterable[ModelCounters] = (), system: SystemSource | None = N
              "Telemetry batches handed to the MQTT outbox."),
         ):
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    if capture is not None:
+        out += capture_lines(capture)
     return "\n".join(out) + "\n"
+
+
+_DROP_CAUSES = ("hourly_budget", "daily_budget", "spool_full", "backlog")
+
+
+def capture_lines(c: CaptureCounts) -> list[str]:
+    """Sample-capture families; the labelled ones list every label value, zeros included."""
+    counts = c.counters()
+    out = ["# HELP edgefleet_capture_samples_total Inference rows kept and spooled for retraining, by reason.",
+           "# TYPE edgefleet_capture_samples_total counter"]
+    out += [f"edgefleet_capture_samples_total{_labels(reason=r)} {counts['captured_' + r]}" for r in CAPTURE_REASONS]
+    out += ["# HELP edgefleet_capture_dropped_total Rows or samples dropped: budgets, the spool bound, "
+            "a full writer queue.",
+            "# TYPE edgefleet_capture_dropped_total counter"]
+    out += [f"edgefleet_capture_dropped_total{_labels(cause=k)} {counts['dropped_' + k]}" for k in _DROP_CAUSES]
+    for name, value, kind, help_text in (
+        ("edgefleet_capture_write_errors_total", c.write_errors, "counter", "Kept rows the spool could not write."),
+        ("edgefleet_capture_discarded_total", c.discarded_by_policy, "counter",
+         "Samples deleted unsent because capture was switched off."),
+        ("edgefleet_capture_spooled_bytes_total", c.spooled_bytes, "counter", "Bytes written to the capture spool."),
+        ("edgefleet_capture_uploaded_total", c.uploaded, "counter", "Samples the controller confirmed."),
+        ("edgefleet_capture_upload_failures_total", c.upload_failures, "counter", "Sample uploads (PUT) that failed."),
+        ("edgefleet_capture_upload_rounds_failed_total", c.upload_rounds_failed, "counter",
+         "Upload rounds that confirmed nothing."),
+        ("edgefleet_capture_pending_samples", c.pending, "gauge", "Samples waiting in the spool for upload."),
+        ("edgefleet_capture_pending_bytes", c.pending_bytes, "gauge", "Bytes waiting in the spool for upload."),
+    ):
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return out
 
 
 def _model_labels(c: ModelCounters) -> dict[str, str]:

@@ -11,8 +11,10 @@ Exported families (model labels: model, version, variant):
 | edgefleet_model_requests_total            | counter   | completed requests per loaded version       |
 | edgefleet_model_errors_total              | counter   | requests failed inside the model            |
 | edgefleet_model_latency_seconds           | histogram | end-to-end latency, 4 buckets per decade     |
+| edgefleet_model_cancelled_in_queue_total{model} | counter | requests dropped unrun: the client went away while queued |
 | edgefleet_system_cpu_percent, …_memory_used_bytes, …_disk_used_percent, …_temperature_celsius{zone} |
 | edgefleet_telemetry_spooled_points, …_dropped_points_total, …_rolled_up_points_total, …_batches_sent_total |
+| edgefleet_capture_samples_total{reason}, …_dropped_total{cause}, …_write_errors_total, …_discarded_total, …_spooled_bytes_total, …_uploaded_total, …_upload_failures_total, …_upload_rounds_failed_total, …_pending_samples, …_pending_bytes |
 
 The text itself is written by `agent.telemetry.exposition`.
 """
@@ -20,10 +22,12 @@ The text itself is written by `agent.telemetry.exposition`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from agent.telemetry.capture_counts import CaptureCounts
 from agent.telemetry.collector import ModelCounters, ModelMetricsSource, SystemSource, TelemetryLoop
 from agent.telemetry.exposition import CONTENT_TYPE, render
 
@@ -61,6 +65,10 @@ class ServerModelMetrics:
                                          stats.errors, stats.latency.copy(), version.loaded_at_s))
         return out
 
+    def cancelled_in_queue(self) -> dict[str, int]:
+        """Per model name: requests dropped from the batching queue because their client went away."""
+        return {name: served.batcher.cancelled for name, served in list(self.models.models.items())}
+
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
     try:
@@ -75,13 +83,16 @@ def add_metrics_routes(
     models: ModelMetricsSource | None = None,
     system: SystemSource | None = None,
     telemetry: TelemetryLoop | None = None,
+    capture: Callable[[], CaptureCounts | None] | None = None,
     path: str = "/metrics",
 ) -> None:
     """Mount `GET <path>` (Prometheus text format) on the agent's aiohttp application."""
 
     async def metrics(_request: web.Request) -> web.Response:
         counters = models.model_counters() if models is not None else []
-        return web.Response(body=render(counters, system, telemetry).encode(),
+        capture_counts = capture() if capture is not None else None
+        cancelled = models.cancelled_in_queue() if isinstance(models, ServerModelMetrics) else None
+        return web.Response(body=render(counters, system, telemetry, capture_counts, cancelled).encode(),
                             headers={"Content-Type": CONTENT_TYPE})
 
     app.router.add_get(path, metrics)

@@ -5,7 +5,8 @@ A batch carries `stream` and `seq` from the agent's MQTT outbox (the controller 
 `resolution_s`: the sampling interval for raw points, 60 or 3600 for points the agent rolled up
 itself while its spool was full. Model metrics are *deltas* over the point's interval, with the latency
 histogram in the fixed log-bucket layout of `agent.metrics.histogram`, so any set of points from any
-devices merges into exact fleet percentiles (to bucket resolution).
+devices merges into exact fleet percentiles (to bucket resolution). An optional `capture` object
+carries the sample-capture counters (`agent.telemetry.capture_counts`).
 
 Decoding is strict and bounded: unknown fields, wrong types, negative counts, non-finite numbers, too
 many points or models, and a histogram of another layout raise `TelemetryWireError` (a `WireError`)
@@ -28,6 +29,7 @@ from typing import Any
 
 from agent import wire
 from agent.metrics.histogram import HistogramError, LatencyHistogram
+from agent.telemetry.capture_counts import CaptureCounts, CaptureCountsError, counts_from_dict, fast_counts
 
 MAX_TELEMETRY_BYTES = 256 * 1024
 MAX_POINTS = 120
@@ -82,10 +84,11 @@ class TelemetryBatch:
     update_state: str | None = None
     dropped_points: int = 0  # points the agent had to discard (ever): reported, never silent
     rolled_up_points: int = 0
+    capture: CaptureCounts | None = None  # sample-capture counters; absent when the device counted none
 
 
 def encode(batch: TelemetryBatch) -> bytes:
-    body = {
+    body: dict[str, Any] = {
         "schema": wire.SCHEMA,
         "kind": "telemetry",
         "device_id": batch.device_id,
@@ -98,6 +101,8 @@ def encode(batch: TelemetryBatch) -> bytes:
         "rolled_up_points": batch.rolled_up_points,
         "points": [point_to_dict(p) for p in batch.points],
     }
+    if batch.capture is not None:  # omitted otherwise: batches stay valid for controllers that predate it
+        body["capture"] = batch.capture.to_dict()
     data = json.dumps(body, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
     if len(data) > MAX_TELEMETRY_BYTES:
         raise TelemetryWireError(f"telemetry payload is {len(data)} bytes, limit {MAX_TELEMETRY_BYTES}")
@@ -151,7 +156,7 @@ def batch_from_dict(body: Any) -> TelemetryBatch:
             f"expected schema {wire.SCHEMA} kind 'telemetry', got {body.get('schema')!r} {body.get('kind')!r}"
         )
     _only(body, {"schema", "kind", "device_id", "stream", "seq", "sent_at", "hardware_class", "update_state",
-                 "dropped_points", "rolled_up_points", "points"}, "batch")
+                 "dropped_points", "rolled_up_points", "points", "capture"}, "batch")
     device_id = _text(body, "device_id")
     if not wire.is_device_id(device_id):
         raise TelemetryWireError(f"device_id {device_id!r:.80} is not a valid device id")
@@ -161,6 +166,10 @@ def batch_from_dict(body: Any) -> TelemetryBatch:
     points_raw = body.get("points")
     if not isinstance(points_raw, list) or not 0 < len(points_raw) <= MAX_POINTS:
         raise TelemetryWireError(f"points must be a list of 1..{MAX_POINTS} points")
+    try:
+        capture = None if body.get("capture") is None else counts_from_dict(body["capture"])
+    except CaptureCountsError as e:
+        raise TelemetryWireError(str(e)) from e
     return TelemetryBatch(
         device_id=device_id,
         stream=stream,
@@ -171,6 +180,7 @@ def batch_from_dict(body: Any) -> TelemetryBatch:
         update_state=_opt_text(body, "update_state"),
         dropped_points=_count(body, "dropped_points"),
         rolled_up_points=_count(body, "rolled_up_points"),
+        capture=capture,
     )
 
 
@@ -289,7 +299,7 @@ def _finite(value: float) -> bool:
 # tests/telemetry/test_wire_fastpath.py checks.
 
 _BATCH_KEYS = frozenset({"schema", "kind", "device_id", "stream", "seq", "sent_at", "hardware_class",
-                         "update_state", "dropped_points", "rolled_up_points", "points"})
+                         "update_state", "dropped_points", "rolled_up_points", "points", "capture"})
 _POINT_KEYS = frozenset({"start_s", "end_s", "resolution_s", "samples", "system", "models"})
 _SYSTEM_KEYS = frozenset({"cpu_pct", "mem_used_mb", "mem_total_mb", "disk_used_pct", "temps_c"})
 _MODEL_KEYS = frozenset({"model", "version", "variant", "requests", "errors", "latency"})
@@ -322,6 +332,10 @@ def fast_batch(body: dict[str, Any]) -> TelemetryBatch | None:
     sent_at_s = _fast_number(sent_at)
     if sent_at_s is None:
         return None
+    capture_raw = get("capture")
+    capture = None if capture_raw is None else fast_counts(capture_raw)
+    if capture_raw is not None and capture is None:
+        return None
     points = []
     for raw in points_raw:
         point = _fast_point(raw)
@@ -329,7 +343,7 @@ def fast_batch(body: dict[str, Any]) -> TelemetryBatch | None:
             return None
         points.append(point)
     return TelemetryBatch(device_id, stream, seq, sent_at_s, tuple(points), hardware_class, update_state,
-                          dropped, rolled_up)
+                          dropped, rolled_up, capture)
 
 
 def _fast_number(value: object) -> float | None:

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agent.metrics.histogram import LatencyHistogram
 from agent.telemetry import TelemetryConfig, TelemetryLoop, TelemetrySpool, read_temperatures
+from agent.telemetry.capture_counts import CaptureCounts
 from agent.telemetry.prometheus import add_metrics_routes
 from agent.telemetry.wire import (
     ModelSample,
@@ -20,8 +21,10 @@ from agent.telemetry.wire import (
     SystemSample,
     TelemetryBatch,
     TelemetryWireError,
+    batch_from_dict,
     decode,
     encode,
+    fast_batch,
     point_to_dict,
 )
 from tests.telemetry.conftest import FakeModels, FakeSystem
@@ -121,6 +124,37 @@ def test_wire_round_trip_and_rejections() -> None:
         mutate(bad)
         with pytest.raises(TelemetryWireError):
             decode(json.dumps(bad).encode())
+
+
+def test_capture_counts_on_the_wire() -> None:
+    counts = CaptureCounts(since_s=1_700_000_000.5, captured_random=3, captured_disagreement=2,
+                           dropped_hourly_budget=9, dropped_spool_full=1, uploaded=4, upload_failures=1,
+                           upload_rounds_failed=2, spooled_bytes=5120, pending=1, pending_bytes=1024)
+    batch = TelemetryBatch("dev-1", "0123456789abcdef", 7, 1.0, (_point(0, 3),), capture=counts)
+    data = encode(batch)
+    body = json.loads(data)
+    fast, reference = fast_batch(json.loads(data)), batch_from_dict(json.loads(data))
+    assert fast is not None and fast.capture == reference.capture == decode(data).capture == counts
+    assert encode(fast) == encode(reference) == encode(decode(data))
+    # Without counts the batch is byte-for-byte what controllers that predate the field accept.
+    assert "capture" not in json.loads(encode(TelemetryBatch("dev-1", "0123456789abcdef", 7, 1.0, (_point(0, 3),))))
+    for mutate, field in (
+        (lambda c: c.update(extra=1), "unexpected fields ['extra']"),
+        (lambda c: c.pop("uploaded"), "missing fields ['uploaded']"),
+        (lambda c: c.update(uploaded=-1), "batch.capture.uploaded"),
+        (lambda c: c.update(pending=True), "batch.capture.pending"),
+        (lambda c: c.update(spooled_bytes=1.5), "batch.capture.spooled_bytes"),
+        (lambda c: c.update(since_s="yesterday"), "batch.capture.since_s"),
+        (lambda c: c.update(since_s=-1.0), "batch.capture.since_s"),
+    ):
+        bad = json.loads(json.dumps(body))
+        mutate(bad["capture"])
+        assert fast_batch(bad) is None
+        with pytest.raises(TelemetryWireError, match=field.replace("[", r"\[").replace("]", r"\]")):
+            decode(json.dumps(bad).encode())
+    for not_an_object in ([], "counts", 3):
+        with pytest.raises(TelemetryWireError, match="batch.capture must be an object"):
+            decode(json.dumps({**body, "capture": not_an_object}).encode())
 
 
 class OfflineChannel:
