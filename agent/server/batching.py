@@ -19,6 +19,12 @@ the rows (a copy of every input) happens on the inference thread, not on the eve
 Requests validated against one version's specs but dispatched to another (a swap happened while
 they were queued) are checked again against the new specs; a request that no longer fits gets a
 RequestError rather than a wrong answer.
+
+A caller that goes away while its request waits (the HTTP server cancels the handler of a client
+that disconnected) takes its request out of the queue at once: its rows never reach the runtime,
+its queue slot is free for others, and `cancelled` counts it. Once a request is in a running batch
+it cannot be taken out (the rows are already stacked); its answer is discarded and the other
+requests of that batch get theirs.
 """
 
 from __future__ import annotations
@@ -119,6 +125,7 @@ class Batcher:
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
+        self.cancelled = 0  # requests whose caller went away while they were queued (never run)
 
     @property
     def queued(self) -> int:
@@ -139,7 +146,22 @@ class Batcher:
             pinned.acquire()
         self._queue.append(pending)
         self._launch_ready(loop)
-        return await pending.future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            self._withdraw(pending)
+            raise
+
+    def _withdraw(self, pending: _Pending) -> None:
+        """The caller was cancelled: drop its request if it still waits (see the module docstring)."""
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return  # already in a batch (or dropped): nothing left to withdraw
+        self._abandoned(pending)
+        if not self._queue and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def stop(self) -> None:
         self._stopped = True
@@ -148,6 +170,10 @@ class Batcher:
         while self._queue:
             self._drop(self._queue.popleft(), UnavailableError(f"model {self.name!r} was unloaded"))
         await asyncio.get_running_loop().run_in_executor(None, self._threads.shutdown)
+
+    def _abandoned(self, pending: _Pending) -> None:
+        self.cancelled += 1
+        self._drop(pending, None)
 
     def _drop(self, pending: _Pending, error: BaseException | None) -> None:
         """Remove a request from the batcher's care; `error` None when its caller already went away."""
@@ -189,7 +215,7 @@ class Batcher:
     def _take(self) -> tuple[list[_Pending], LoadedVersion] | None:
         head = self._queue.popleft()
         if head.future.done():  # the caller went away
-            self._drop(head, None)
+            self._abandoned(head)
             return None
         version = head.pinned or self._current()
         if version is None or version.closed:
@@ -206,7 +232,7 @@ class Batcher:
                 if nxt.pinned not in (None, version) or nxt.rows is None:
                     break
                 if nxt.future.done():
-                    self._drop(self._queue.popleft(), None)
+                    self._abandoned(self._queue.popleft())
                     continue
                 if rows + nxt.rows > self.config.max_batch_size:
                     break

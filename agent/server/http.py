@@ -136,7 +136,10 @@ class InferenceServer:
     async def start(self) -> None:
         # lingering_time: after refusing a body, read and discard what the client still sends for at
         # most this long (keeps the connection usable) instead of aiohttp's 10 s.
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, lingering_time=1.0)
+        # handler_cancellation: a client that disconnects cancels its handler, which takes its request
+        # out of the batching queue before it reaches the runtime (batching.py).
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, lingering_time=1.0,
+                                     handler_cancellation=True)
         await self._runner.setup()
         if self.config.unix_socket is not None:
             path = self.config.unix_socket

@@ -70,6 +70,7 @@ class ServedModel:
             "current": self.current.describe() if self.current else None,
             "previous": self.previous.describe() if self.previous else None,
             "queued": self.batcher.queued,
+            "cancelled_in_queue": self.batcher.cancelled,
             "swaps": self.swaps,
         }
 

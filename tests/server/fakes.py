@@ -17,6 +17,7 @@ class RecordingSession:
         self.inner = inner
         self.name = name
         self.batch_rows: list[int] = []
+        self.fed: list[dict[str, np.ndarray]] = []  # copies of the feeds of every run
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()  # set when a run is waiting at (or passed) the gate
@@ -41,6 +42,7 @@ class RecordingSession:
                 self.runs_after_close += 1
             first = next(iter(feeds.values()))
             self.batch_rows.append(int(first.shape[0]) if first.ndim else 1)
+            self.fed.append({n: np.array(a, copy=True) for n, a in feeds.items()})
         if self.fail_with is not None:
             raise InferenceError(self.fail_with)
         return self.inner.run(feeds)
