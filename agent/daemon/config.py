@@ -34,6 +34,7 @@ Relative paths are resolved against the config file's folder, so a device folder
 | capture_upload_every_s             | 60           | interval of sample upload rounds                 |
 | capture_upload_max_backoff_s       | 900          | longest wait between rounds while uploads fail   |
 | capture_spool_max_bytes            | 67108864     | disk bound of samples waiting for upload         |
+| cert_renewal_check_every_s         | 86400        | how often to check the certificate (0: never)    |
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class DaemonConfig:
     capture_upload_every_s: float = 60.0
     capture_upload_max_backoff_s: float = 900.0
     capture_spool_max_bytes: int = 64 * 1024 * 1024
+    cert_renewal_check_every_s: float = 86400.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 
@@ -171,6 +173,7 @@ FIELDS: Mapping[str, tuple[str, bool]] = {
     "capture_upload_every_s": ("float", False),
     "capture_upload_max_backoff_s": ("float", False),
     "capture_spool_max_bytes": ("int", False),
+    "cert_renewal_check_every_s": ("float", False),
     "shutdown_grace_s": ("float", False),
     "log_level": ("str", False),
 }
@@ -348,6 +351,9 @@ def _check(c: DaemonConfig) -> None:
     for key, count in (("server_threads", c.server_threads), ("server_workers", c.server_workers)):
         if count is not None and count < 1:
             raise ConfigError(f"{key} must be at least 1, got {count}")
+    if c.cert_renewal_check_every_s != 0 and not 60 <= c.cert_renewal_check_every_s <= 30 * 86400:
+        raise ConfigError("cert_renewal_check_every_s must be 0 (off) or within 60..2592000 s, "
+                          f"got {c.cert_renewal_check_every_s}")
     if c.server_max_queue_delay_ms < 0:
         raise ConfigError(f"server_max_queue_delay_ms must not be negative, got {c.server_max_queue_delay_ms}")
     if c.log_level.upper() not in _LOG_LEVELS:

@@ -30,6 +30,7 @@ from agent.daemon import startup
 from agent.daemon.config import DaemonConfig
 from agent.daemon.inbox import AssignmentInbox
 from agent.daemon.notify import SystemdNotifier
+from agent.daemon.renewal import RenewalLoop
 from agent.daemon.reporting import MqttReporter
 from agent.daemon.serving import LazyServing, ServingSettings
 from agent.daemon.updates import UpdateWorker, active, current_ref
@@ -39,6 +40,7 @@ from agent.state import write_atomic
 
 if TYPE_CHECKING:
     from agent.daemon.capture import CaptureWiring
+    from agent.renewal import Renewed
     from agent.telemetry import CaptureCounts, SystemSampler, TelemetryLoop
 
 log = logging.getLogger("agent.daemon")
@@ -67,6 +69,7 @@ class Daemon:
         self.reporter: MqttReporter | None = None
         self.telemetry: TelemetryLoop | None = None
         self.updates: UpdateWorker | None = None
+        self.renewal: RenewalLoop | None = None
         self._system: SystemSampler | None = None
         self.exit_code = 0
         self._stop = threading.Event()
@@ -111,6 +114,8 @@ class Daemon:
                                              lambda: self.reporter.state if self.reporter else None,
                                              self._system_sampler(), capture=self._reported_capture_counts)
             self.telemetry.start()
+        self.renewal = RenewalLoop.for_daemon(self.config, self._stop, self._use_renewed_certificate)
+        self.renewal.start()
         self.updates = UpdateWorker(self.config, self.slots, self.inbox, self.serving, self.session, self.reporter,
                                     self._stop, capture=self.capture, telemetry=self.telemetry,
                                     crash_hook=self.crash_hook)
@@ -193,6 +198,10 @@ class Daemon:
 
     def _reported_capture_counts(self) -> CaptureCounts | None:
         return self.capture.reported_counts() if self.capture is not None else None
+
+    def _use_renewed_certificate(self, renewed: Renewed) -> None:
+        if self.session is not None and self.session.reload_certificate():
+            log.info("MQTT connects with certificate %s from its next connection", renewed.serial)
 
     # --- small helpers --------------------------------------------------------------------------
 

@@ -102,6 +102,7 @@ class AgentSession:
         self._last_rejected_sha256: str | None = None
         self._last_accepted_sha256: str | None = None
         self._assignment_topic = wire.topic(config.device_id, "assignment")
+        self._tls = self._tls_context()
         self._client = self._build_client()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -229,13 +230,8 @@ class AgentSession:
             clean_session=True,
         )
         client.username_pw_set(self.config.device_id, self.config.password)
-        if self.config.ca_file or self.config.cert_file:
-            client.tls_set(
-                ca_certs=self.config.ca_file,
-                certfile=self.config.cert_file,
-                keyfile=self.config.key_file,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
         client.will_set(
             wire.topic(self.config.device_id, "online"), self._presence("offline"), qos=1, retain=True
         )
@@ -247,6 +243,23 @@ class AgentSession:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """One context for the session's life: paho wraps every (re)connection with it, so loading a
+        renewed certificate into it (`reload_certificate`) takes effect on the next connection."""
+        if not (self.config.ca_file or self.config.cert_file):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.config.ca_file)
+        if self.config.cert_file:
+            context.load_cert_chain(self.config.cert_file, self.config.key_file)
+        return context
+
+    def reload_certificate(self) -> bool:
+        """Read the client certificate and key again (after a renewal); False when the session has none."""
+        if self._tls is None or not self.config.cert_file:
+            return False
+        self._tls.load_cert_chain(self.config.cert_file, self.config.key_file)
+        return True
 
     def _presence(self, state: str) -> bytes:
         return wire.encode(wire.Presence(self.config.device_id, state, self.config.agent_version))
