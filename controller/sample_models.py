@@ -77,6 +77,13 @@ class SampleModel:
     accuracy: float
 
 
+
+def portable_model(graph: onnx.GraphProto, opset: int = OPSET) -> onnx.ModelProto:
+    """A model at the lowest IR version its opset allows: `make_model` stamps the newest IR version the
+    installed onnx knows, which older runtimes on devices (and onnxruntime on Python 3.10) refuse."""
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+
 def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The bundled digits, scaled to [0, 1], split the same way every time (stratified)."""
     from sklearn.datasets import load_digits
@@ -193,7 +200,7 @@ def build_digits_cnn(out_dir: Path) -> SampleModel:
         extra_inits: list[onnx.TensorProto],
     ) -> onnx.ModelProto:
         g = helper.make_graph(nodes + extra_nodes, "digits_cnn", [x_info], outputs, inits + extra_inits)
-        return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+        return portable_model(g)
 
     feature_model = graph(
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 512])], [], []
@@ -308,7 +315,7 @@ def build_mobilenet_like(
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", num_classes])],
         b.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = portable_model(graph)
     images = _clear_margin_inputs(model, golden_size, image_size)
     labels = np.argmax(_run(model, images), axis=1).astype(np.int64)
     return _finish(model, Path(path), images, labels)

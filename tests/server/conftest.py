@@ -28,7 +28,7 @@ from agent.server.http import ServerConfig
 from agent.server.protocol import InferRequest
 from agent.slots import ModelRef
 from agent.state.ports import ActiveModel
-from controller.sample_models import SampleModel
+from controller.sample_models import SampleModel, portable_model
 
 DTYPES = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4", "INT8": "i1",
           "UINT8": "u1", "BOOL": "?", "INT16": "<i2", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
@@ -182,5 +182,5 @@ def identity_model(path: Path, shape: list[int | None]) -> Path:
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(portable_model(graph), str(path))
     return path

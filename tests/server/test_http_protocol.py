@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.server.background import BackgroundServer
-from controller.sample_models import SampleModel
+from controller.sample_models import SampleModel, portable_model
 from tests.server.conftest import binary_request, json_request, load_session, parse_response, start_server
 
 INFER = "/v2/models/digits/infer"
@@ -212,8 +212,7 @@ def test_datatypes_round_trip_through_an_identity_model(tmp_path, digits_mlp: Sa
         inputs.append(helper.make_tensor_value_info(f"in_{name}", t, [None, 3]))
         outputs.append(helper.make_tensor_value_info(f"out_{name}", t, [None, 3]))
         nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
-    model = helper.make_model(helper.make_graph(nodes, "identity", inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = portable_model(helper.make_graph(nodes, "identity", inputs, outputs))
     path = tmp_path / "identity.onnx"
     onnx.save(model, str(path))
     srv = start_server(max_batch_size=8)

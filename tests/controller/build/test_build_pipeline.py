@@ -14,7 +14,7 @@ import pytest
 from controller.artifacts import LocalArtifactStore
 from controller.build import ALL_VARIANTS, BuildOptions, BuildProgress, BuildReport, build_variants
 from controller.build.openvino_ir import openvino_runner, unpack_ir
-from controller.sample_models import SampleModel
+from controller.sample_models import SampleModel, portable_model
 from manifests.custom_fields import check_custom
 
 FAST = BuildOptions(latency_runs=5)
@@ -153,7 +153,7 @@ def test_failed_variant_is_recorded_and_others_continue(tmp_path: Path) -> None:
         [helper.make_node("MatMul", ["input", "w"], ["probabilities"])], "half",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["n", 4])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT16, ["n", 4])], [weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = portable_model(graph)
     buffer = io.BytesIO()
     inputs = np.random.default_rng(0).random((8, 4)).astype(np.float16)
     np.savez(buffer, inputs=inputs, labels=inputs.argmax(1))
