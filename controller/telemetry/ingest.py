@@ -3,8 +3,8 @@
     broker ──$share/telemetry/edgefleet/v1/+/telemetry──▶ TelemetrySubscriber (paho thread: append
         (topic, bytes) to a deque, nothing else) ──▶ TelemetryWriter thread: up to `max_batch`
         messages or `max_delay_s` ──▶ decode, check topic, in-memory dedupe (the subscriber's
-        `accept`) ──▶ one transaction: COPY batches + points ──▶ one more: the senders' `last_seen_at`
-        (and `online` for those the liveness sweep had marked offline)
+        `accept`) ──▶ one transaction: COPY batches + points ──▶ senders noted for `SeenRecorder`
+        (its own thread: `last_seen_at`, `online` again, once a second)
 
 Why so little on paho's thread: paho reads the socket, acknowledges QoS 1 and calls back in one
 Python thread; every microsecond of work there competes for the GIL with reading. Why a writer
@@ -36,7 +36,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from itertools import compress
 from typing import Any
 
@@ -52,10 +51,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent import wire
 from agent.metrics.histogram import LatencyHistogram
 from agent.telemetry import wire as twire
-from controller.devices import record_seen
 from controller.mqtt.dedupe import SequenceDeduper
 from controller.telemetry.reader import ChunkedReadClient
 from controller.telemetry.rows import SYSTEM_COLUMNS, FlushRows, storable
+from controller.telemetry.seen import SeenRecorder
 from controller.telemetry.store import (
     bulk_insert,
     insert_new_batches,
@@ -82,7 +81,7 @@ class IngestConfig:
     max_queue_bytes: int = 64 * 1024 * 1024  # raw payloads waiting: bounded in bytes as well as count
     max_payload_bytes: int = twire.MAX_TELEMETRY_BYTES
     retry_delays_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the flush counts as lost
-    mark_seen: bool = True  # telemetry counts as a sign of life in the device registry
+    mark_seen: bool = True  # telemetry counts as a sign of life in the device registry (seen.py)
 
 
 class TelemetryWriter:
@@ -113,6 +112,7 @@ class TelemetryWriter:
         self.requests_by_version: Counter[tuple[str, str]] = Counter()
         self.errors_by_version: Counter[tuple[str, str]] = Counter()
         self._metrics_lock = threading.Lock()
+        self.seen = SeenRecorder(session_factory) if config.mark_seen else None
 
     def submit(self, topic: str, payload: bytes) -> bool:
         """Queue one received message; False (counted as `dropped:backlog`) when the backlog is full."""
@@ -132,6 +132,8 @@ class TelemetryWriter:
 
     def start(self) -> None:
         self._stop.clear()
+        if self.seen is not None:
+            self.seen.start()
         self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
         self._thread.start()
 
@@ -141,6 +143,8 @@ class TelemetryWriter:
         if self._thread is not None:
             self._thread.join(10.0)
             self._thread = None
+        if self.seen is not None:
+            self.seen.stop()
 
     def drain(self, timeout_s: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -169,8 +173,8 @@ class TelemetryWriter:
                 batches, newest = self._decode(group)
                 if batches:
                     self._write_with_retries(batches)
-                    if self.config.mark_seen:
-                        self.mark_seen(batches, newest)
+                    if self.seen is not None:
+                        self.seen.note((b.device_id for b in batches), newest)
                 self.last_lag_s = max(0.0, time.time() - min(t for _, _, t in group))
             finally:
                 self._in_flight = 0
@@ -187,23 +191,6 @@ class TelemetryWriter:
                 accepted.append(batch)
                 newest = max(newest, received_at)
         return accepted, newest
-
-    def mark_seen(self, batches: Sequence[twire.TelemetryBatch], received_at: float) -> None:
-        """Telemetry is the agent's regular heartbeat: the senders are alive (`last_seen_at`, back online).
-
-        One short transaction per flush, apart from the data's, and at the flush's newest receive time
-        (within one flush of each message's own). A failure is counted, not retried: the device's next
-        batch, well within the offline threshold, tries again."""
-        at = datetime.fromtimestamp(received_at, tz=timezone.utc)
-        try:
-            with self.session_factory() as session:
-                back = record_seen(session, (b.device_id for b in batches), at=at, via="telemetry")
-                session.commit()
-        except Exception:  # noqa: BLE001 - liveness must never stop ingest
-            self.stats["seen_errors"] += 1
-            log.warning("marking %d telemetry senders as seen failed", len(batches), exc_info=True)
-            return
-        self.stats["back_online"] += len(back)
 
     def _write_with_retries(self, batches: list[twire.TelemetryBatch]) -> None:
         """The broker already acknowledged these: try hard (a database restart takes seconds) before

@@ -38,6 +38,7 @@ from controller.devices import (
 from controller.settings import Settings
 from controller.telemetry import IngestConfig, TelemetryService
 from controller.telemetry.prometheus import device_lines
+from controller.telemetry.seen import SeenRecorder
 from tests.controller.conftest import ControllerEnv
 from tests.services import Mosquitto, wait_until
 
@@ -295,11 +296,33 @@ def test_telemetry_over_mqtt_brings_a_swept_device_back(
         service.stop()
     assert _state(sessions) == {"dev-1": True, "dev-2": True}
     assert _events(sessions, "dev-1")[-1] == ("online", {"via": "telemetry"})
-    assert service.writer.stats["back_online"] == 1 and service.writer.stats["seen_errors"] == 0
+    assert service.writer.seen is not None
+    assert service.writer.seen.stats["back_online"] == 1 and service.writer.seen.stats["errors"] == 0
     with sessions() as db:
         revoked = db.get(Device, "dev-2")
         assert revoked is not None and revoked.last_seen_at is not None
         assert revoked.last_seen_at < datetime.now(timezone.utc) - timedelta(minutes=30)
+
+
+def test_seen_recorder_coalesces_and_retries_after_a_failed_write(tmp_path: Any) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    sessions = make_session_factory(engine)
+    recorder = SeenRecorder(sessions, every_s=60)
+    try:
+        recorder.note(["dev-1", "dev-2"], T0.timestamp())
+        recorder.note(["dev-1"], T0.timestamp() + 5)
+        assert recorder.flush() == 0 and recorder.stats["errors"] == 1  # no registry yet: nothing lost
+        db_migrate.upgrade(engine)
+        _add(sessions, _device("dev-1", online=False, last_seen_at=None),
+             _device("dev-2", online=True, last_seen_at=T0 - timedelta(seconds=1)))
+        assert recorder.flush() == 1 and recorder.stats["back_online"] == 1
+        with sessions() as db:
+            seen = {d.id: d.last_seen_at for d in db.scalars(select(Device))}
+        assert seen == {"dev-1": T0 + timedelta(seconds=5), "dev-2": T0 + timedelta(seconds=5)}
+        assert recorder.flush() == 0 and recorder.stats["rounds"] == 1  # nothing noted since
+        assert _events(sessions, "dev-1") == [("online", {"via": "telemetry"})]
+    finally:
+        engine.dispose()
 
 
 def test_app_sweeps_and_metrics_follow(env: ControllerEnv) -> None:
