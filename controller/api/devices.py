@@ -15,6 +15,7 @@ from controller.api.pagination import Page, Pagination, make_page, paginate
 from controller.auth import AdminPrincipal, OperatorPrincipal, ViewerPrincipal
 from controller.db.models import Device
 from controller.enrollment.service import revoke_device
+from controller.telemetry.capture import device_capture
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=AUTH_ERRORS)
 
@@ -49,6 +50,24 @@ class DeviceEventOut(BaseModel):
     at: datetime
     kind: str
     detail: dict[str, Any]
+
+
+class CaptureRunOut(BaseModel):
+    since_s: float = Field(description="When the agent's daemon started counting (epoch seconds).")
+    batches: int
+    last_received_at: datetime
+    counts: dict[str, int] = Field(description="The run's last value of each counter.")
+
+
+class DeviceCaptureOut(BaseModel):
+    device_id: str
+    latest: dict[str, Any] | None = Field(
+        description="The newest batch's capture counters (cumulative since `since_s`), with `received_at`; "
+                    "null when the device never sent any.")
+    runs: list[CaptureRunOut] = Field(description="One entry per daemon run, oldest first.")
+    totals: dict[str, int] = Field(description="Each counter summed over the runs (its total across restarts).")
+    uploaded_total: int
+    upload_failures_total: int
 
 
 class LabelsPatch(BaseModel):
@@ -97,6 +116,21 @@ def list_devices(
 )
 def get_device(device_id: str, db: DbSession, who: ViewerPrincipal) -> DeviceDetail:
     return DeviceDetail.model_validate(registry.get_device(db, device_id))
+
+
+@router.get(
+    "/{device_id}/capture", response_model=DeviceCaptureOut, responses=error_responses(404),
+    summary="The device's sample-capture counters: newest, per daemon run, and totals across restarts",
+)
+def device_capture_counts(device_id: str, db: DbSession, who: ViewerPrincipal) -> DeviceCaptureOut:
+    registry.get_device(db, device_id)
+    found = device_capture(db, device_id)
+    totals = found.totals
+    return DeviceCaptureOut(
+        device_id=device_id, latest=found.latest,
+        runs=[CaptureRunOut(since_s=r.since_s, batches=r.batches, last_received_at=r.last_received_at,
+                            counts=r.counts) for r in found.runs],
+        totals=totals, uploaded_total=totals["uploaded"], upload_failures_total=totals["upload_failures"])
 
 
 @router.get(

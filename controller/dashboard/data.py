@@ -20,6 +20,7 @@ from controller.db.base import utcnow
 from controller.db.models import Device, DeviceEvent, ModelRelease, Variant
 from controller.samples.tables import SampleRow
 from controller.telemetry import queries
+from controller.telemetry.capture import COUNTERS, GAUGES, device_capture
 from controller.telemetry.tables import ModelPointRow
 
 GATE_KINDS = ("gate_passed", "gate_failed")
@@ -134,7 +135,19 @@ def device(session: Session, device_id: str) -> dict[str, Any] | None:
         "latency_chart": _latency_chart(session, device_id, events, now),
         "samples": [{"reason": r, "status": s, "count": int(c)} for r, s, c in samples],
         "samples_total": sum(int(c) for _, _, c in samples),
+        "capture": _capture_rows(session, device_id),
     }
+
+
+def _capture_rows(session: Session, device_id: str) -> dict[str, Any] | None:
+    """The device's capture counters: this run's (newest batch) and the total over its runs."""
+    found = device_capture(session, device_id)
+    if found.latest is None:
+        return None
+    totals = found.totals
+    rows = [{"name": k, "current": int(found.latest.get(k, 0)), "total": totals[k]} for k in COUNTERS]
+    rows += [{"name": k, "current": int(found.latest.get(k, 0)), "total": None} for k in GAUGES]
+    return {"rows": rows, "runs": len(found.runs), "received_at": found.latest["received_at"].strftime("%Y-%m-%d %H:%M")}
 
 
 def releases(session: Session) -> list[dict[str, Any]]:

@@ -9,10 +9,18 @@ scrape config).
 | edgefleet_telemetry_backlog, …_lag_seconds      | gauge     | writer queue; receive → commit delay     |
 | edgefleet_fleet_requests_total{model,version}, …_errors_total | counter | ingested by this replica   |
 | edgefleet_fleet_latency_seconds{model,version}  | histogram | ingested by this replica (cumulative)    |
+| edgefleet_capture_samples{model,count}, edgefleet_capture_bytes{model,count} | gauge | devices' newest capture counters |
 
 Latency histograms are cumulative since this replica started, as Prometheus expects of a histogram;
 with several replicas, `sum by (le, model, version)` gives the fleet (the shared subscription sends
 each batch to one replica).
+
+`edgefleet_capture_samples` (and `…_bytes` for `spooled_bytes`, `pending_bytes`) sums, per model the
+devices run, the capture counters of each active device's current daemon run (its newest batch of the
+last 15 minutes): `count` is a counter name of
+`agent.telemetry.capture_counts` (`uploaded`, `dropped_spool_full`, …, `pending`). It is a gauge
+because a device restart takes its share back to zero; per-device totals across restarts are on
+`GET /api/v1/devices/{id}/capture`. One series per model and counter, never per device.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from agent.telemetry.exposition import CONTENT_TYPE, histogram_lines
 from controller.api.deps import DbSession
 from controller.auth import ViewerPrincipal
 from controller.db.models import Device
+from controller.telemetry.capture import fleet_current_by_model
 
 router = APIRouter(tags=["telemetry"])
 
@@ -52,6 +61,19 @@ def rollout_lines(db: Session) -> list[str]:
     out = ["# HELP edgefleet_rollouts Rollouts by state.", "# TYPE edgefleet_rollouts gauge"]
     for state, count in db.execute(text("SELECT state, count(*) FROM rollouts GROUP BY state")):
         out.append(f"edgefleet_rollouts{_labels(state=str(state))} {count}")
+    return out
+
+
+def capture_lines(db: Session) -> list[str]:
+    by_model = sorted(fleet_current_by_model(db).items())
+    out: list[str] = []
+    for family, unit, is_bytes in (("edgefleet_capture_samples", "samples", False),
+                                   ("edgefleet_capture_bytes", "bytes", True)):
+        lines = [f"{family}{_labels(model=model, count=name)} {value}" for model, counts in by_model
+                 for name, value in counts.items() if name.endswith("_bytes") == is_bytes]
+        if lines:
+            out += [f"# HELP {family} Sample-capture counters ({unit}) of devices' current runs, by model.",
+                    f"# TYPE {family} gauge", *lines]
     return out
 
 
@@ -92,5 +114,5 @@ def ingest_lines(service: object | None) -> list[str]:
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text format)")
 def metrics(request: Request, db: DbSession, who: ViewerPrincipal) -> PlainTextResponse:
     service = request.app.state.ctx.extras.get("telemetry")
-    lines = device_lines(db) + rollout_lines(db) + ingest_lines(service)
+    lines = device_lines(db) + rollout_lines(db) + capture_lines(db) + ingest_lines(service)
     return PlainTextResponse("\n".join(lines) + "\n", media_type=CONTENT_TYPE)

@@ -5,12 +5,17 @@
 | raw           | 1 day              | merged into 1-minute rows             |
 | 1 minute      | 14 days            | merged into 1-hour rows               |
 | 1 hour        | 400 days           | deleted                               |
-| batch records | 7 days             | deleted (dedupe needs only recent ones) |
+| batch records | 7 days             | deleted (dedupe needs only recent ones), except the newest one of each capture run |
 
 Merging adds request/error counts and histogram buckets (exact), averages system figures weighted by
 their sample counts and keeps the peak temperature. The finer rows are deleted in the same
 transaction that writes the coarser one, so every request is counted once at every moment; a coarser
 row that already exists for the window (the agent rolled up while offline) is merged into.
+
+Batch records also carry the agents' sample-capture counters, cumulative per daemon run (`capture.py`).
+Among the records past their age, the newest of each (device, run) stays, so a device's capture totals
+across restarts survive retention; that is one row per daemon restart, superseded when the run's next
+record ages out.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.base import utcnow
@@ -153,8 +158,13 @@ def apply_retention(session_factory: sessionmaker[Session], policy: RetentionPol
         done["hours_deleted"] = _count(session.execute(
             delete(ModelPointRow).where(ModelPointRow.start_at < hour_cutoff)))
         session.execute(delete(SystemPointRow).where(SystemPointRow.start_at < hour_cutoff))
+        batch_cutoff = now - timedelta(seconds=policy.batch_keep_s)
+        old = TelemetryBatchRow.received_at < batch_cutoff
+        run_ends = (select(func.max(TelemetryBatchRow.id))
+                    .where(old, TelemetryBatchRow.capture.is_not(None))
+                    .group_by(TelemetryBatchRow.device_id, TelemetryBatchRow.capture["since_s"].as_float()))
         done["batches_deleted"] = _count(session.execute(delete(TelemetryBatchRow).where(
-            TelemetryBatchRow.received_at < now - timedelta(seconds=policy.batch_keep_s))))
+            old, TelemetryBatchRow.id.not_in(run_ends))))
         session.commit()
     return done
 

@@ -28,7 +28,7 @@ from agent.metrics.histogram import LatencyHistogram
 from agent.telemetry import wire as twire
 
 BATCH_COLUMNS = ("device_id", "stream", "seq", "received_at", "sent_at", "points", "dropped_points",
-                 "rolled_up_points")
+                 "rolled_up_points", "capture")
 SYSTEM_COLUMNS = ("device_id", "resolution_s", "start_at", "end_at", "samples", "cpu_pct", "mem_used_mb",
                   "disk_used_pct", "temp_max_c", "temps_c")
 MODEL_COLUMNS = ("device_id", "hardware_class", "model", "version", "variant", "resolution_s", "start_at",
@@ -77,7 +77,8 @@ class FlushRows:
                 rows.repeated += 1
                 continue
             rows.batches[key] = (b.device_id, b.stream, b.seq, received_s, b.sent_at, len(b.points),
-                                 b.dropped_points, b.rolled_up_points)
+                                 b.dropped_points, b.rolled_up_points,
+                                 None if b.capture is None else dict(vars(b.capture)))  # asdict: slower
             hardware_class = b.hardware_class or classes.get(b.device_id, "")
             for p in b.points:
                 s = p.system
@@ -130,7 +131,9 @@ def copy_text(table: str, rows: Sequence[tuple[Any, ...]]) -> bytes:
 
 
 def _batch_line(r: tuple[Any, ...]) -> str:
-    return (f"{_text(r[0])}\t{_text(r[1])}\t{r[2]}\t{_time(r[3])}\t{_time(r[4])}\t{r[5]}\t{r[6]}\t{r[7]}\n")
+    capture = "\\N" if r[8] is None else json.dumps(r[8])  # numbers and plain keys only: nothing to escape
+    return (f"{_text(r[0])}\t{_text(r[1])}\t{r[2]}\t{_time(r[3])}\t{_time(r[4])}\t{r[5]}\t{r[6]}\t{r[7]}\t"
+            f"{capture}\n")
 
 
 def _system_line(r: tuple[Any, ...]) -> str:

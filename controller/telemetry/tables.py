@@ -1,4 +1,5 @@
-"""Telemetry tables: received batches (dedupe), model latency points and system points.
+"""Telemetry tables: received batches (dedupe, sample-capture counters), model latency points and
+system points.
 
 Model points hold the latency histogram as sparse bucket counts (JSON `{"<index>": count}`) in the
 fixed layout of `agent.metrics.histogram`; merging rows is adding counts, so every query over any set
@@ -38,6 +39,8 @@ class TelemetryBatchRow(Base):
     points: Mapped[int] = mapped_column(Integer)
     dropped_points: Mapped[int] = mapped_column(BigInteger, default=0)
     rolled_up_points: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The batch's sample-capture counters (`CaptureCounts.to_dict()`); NULL when the agent sent none.
+    capture: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class ModelPointRow(Base):
