@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.base import utcnow
@@ -160,11 +160,14 @@ def apply_retention(session_factory: sessionmaker[Session], policy: RetentionPol
         session.execute(delete(SystemPointRow).where(SystemPointRow.start_at < hour_cutoff))
         batch_cutoff = now - timedelta(seconds=policy.batch_keep_s)
         old = TelemetryBatchRow.received_at < batch_cutoff
-        run_ends = (select(func.max(TelemetryBatchRow.id))
-                    .where(old, TelemetryBatchRow.capture.is_not(None))
-                    .group_by(TelemetryBatchRow.device_id, TelemetryBatchRow.capture["since_s"].as_float()))
-        done["batches_deleted"] = _count(session.execute(delete(TelemetryBatchRow).where(
-            old, TelemetryBatchRow.id.not_in(run_ends))))
+        # A run's last counters are in its highest sequence number (the agent numbers batches as it
+        # builds them), not in the row stored last: an outbox that drained late stores older counters.
+        t = TelemetryBatchRow
+        run_ends = (select(t.device_id, t.stream, func.max(t.seq))
+                    .where(old, t.capture.is_not(None))
+                    .group_by(t.device_id, t.stream, t.capture["since_s"].as_float()))
+        done["batches_deleted"] = _count(session.execute(delete(t).where(
+            old, tuple_(t.device_id, t.stream, t.seq).not_in(run_ends))))
         session.commit()
     return done
 
