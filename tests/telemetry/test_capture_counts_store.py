@@ -15,7 +15,13 @@ from agent.telemetry.capture_counts import CaptureCounts
 from agent.telemetry.wire import ModelSample, Point, SystemSample, TelemetryBatch, encode
 from controller.dashboard import data as dashboard_data
 from controller.db.models import Device
-from controller.telemetry import IngestConfig, RetentionPolicy, TelemetrySubscriber, TelemetryWriter, apply_retention
+from controller.telemetry import (
+    IngestConfig,
+    RetentionPolicy,
+    TelemetrySubscriber,
+    TelemetryWriter,
+    apply_retention,
+)
 from controller.telemetry.tables import TelemetryBatchRow
 from tests.telemetry.conftest import ControllerEnv
 
