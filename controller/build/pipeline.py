@@ -198,12 +198,36 @@ def _static_batch(info: ModelInfo) -> int | None:
     return first if isinstance(first, int) and first > 0 else None
 
 
-def _ort_requirement(model_bytes: bytes) -> dict[str, str]:
-    """`runtime_version` = the oldest ONNX Runtime for the built file's opset (quantization may raise it)."""
+def _portable_onnx(model_bytes: bytes) -> tuple[bytes, dict[str, str]]:
+    """The variant stamped with the lowest IR version its opsets allow, and its `runtime_version`.
+
+    Exporters and `onnx.helper` stamp the newest IR version they know; a runtime older than that IR
+    refuses the file at load ("Unsupported model IR version") even when it implements every operator.
+    Lowering the stamp is kept only when `onnx.checker` accepts the model at that IR version (new data
+    types need new IR). `runtime_version` is then the oldest ONNX Runtime for the opset (quantization may
+    raise it); when the stamp cannot be lowered, or the opset is newer than the table, it is this build
+    host's own release, the only one known to load it.
+    """
     model = onnx.load_model_from_string(model_bytes)
+    lowest = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    lowered = model.ir_version <= lowest
+    if not lowered:
+        candidate = onnx.ModelProto()
+        candidate.CopyFrom(model)
+        candidate.ir_version = lowest
+        try:
+            onnx.checker.check_model(candidate)
+        except onnx.checker.ValidationError:
+            log.info("variant keeps IR version %d: the checker refuses it at %d", model.ir_version, lowest)
+        else:
+            model_bytes, lowered = candidate.SerializeToString(), True
     opset = max((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), default=0)
-    version = min_onnxruntime_for(opset)
-    return {"runtime_version": version} if version else {}
+    version = min_onnxruntime_for(opset) if lowered else None
+    if version is None:
+        import onnxruntime
+
+        version = ".".join(onnxruntime.__version__.split(".")[:2])
+    return model_bytes, {"runtime_version": version}
 
 
 def _decimal(value: float | None) -> str | None:
@@ -248,8 +272,8 @@ class _Builder:
         info, threads = self.release.info, self.options.latency_threads
         onnx_fields = {"format": "onnx", "arch": "any", "accelerator": "cpu"}
         if variant_id == "onnxruntime-fp32":
-            data = ortv.optimize_fp32(self.release.model_bytes, self.workdir)
-            fields: dict[str, Any] = {**onnx_fields, **_ort_requirement(data), "graph_optimization": "basic"}
+            data, requirement = _portable_onnx(ortv.optimize_fp32(self.release.model_bytes, self.workdir))
+            fields: dict[str, Any] = {**onnx_fields, **requirement, "graph_optimization": "basic"}
             return data, fields, self.evaluate(lambda: onnxruntime_runner(data, threads=threads))
         if variant_id == "onnxruntime-int8":
             method = ortv.choose_int8_method(self.options.int8_method, has_conv=info.has_conv)
@@ -258,7 +282,8 @@ class _Builder:
             data, details = ortv.quantize_int8(self.release.model_bytes, self.workdir, method=method,
                                                input_name=info.input.name, calibration=calibration,
                                                dynamic_batch=info.input.batch_dynamic)
-            return data, {**onnx_fields, **_ort_requirement(data), **details}, self.evaluate(lambda: onnxruntime_runner(data, threads=threads))
+            data, requirement = _portable_onnx(data)
+            return data, {**onnx_fields, **requirement, **details}, self.evaluate(lambda: onnxruntime_runner(data, threads=threads))
         if variant_id in ("openvino-fp32", "openvino-fp16"):
             data = convert_ir(self.source, compress_to_fp16=variant_id.endswith("fp16"))
             fields = {"format": "openvino-ir-tar", "arch": "any", "accelerator": "cpu"}

@@ -13,6 +13,7 @@ import pytest
 
 from controller.artifacts import LocalArtifactStore
 from controller.build import ALL_VARIANTS, BuildOptions, BuildProgress, BuildReport, build_variants
+from controller.build.model_check import min_onnxruntime_for
 from controller.build.openvino_ir import openvino_runner, unpack_ir
 from controller.sample_models import SampleModel, portable_model
 from manifests.custom_fields import check_custom
@@ -183,3 +184,31 @@ def test_store_failure_cleans_up(digits_mlp: SampleModel, tmp_path: Path) -> Non
     with pytest.raises(OSError):
         _build(digits_mlp, store, BuildOptions(latency_runs=3, variants=("onnxruntime-fp32", "onnxruntime-int8")))
     assert list(store.list()) == []
+
+
+def test_variants_carry_the_lowest_ir_version_of_their_opset(tmp_path: Path) -> None:
+    """An upload stamped with the newest IR version `onnx.helper` knows (older runtimes refuse it at load)
+    is offered with the lowest IR version its opset allows, and the runtime requirement of that opset."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probabilities"])],
+        "newest-ir", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 4])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert model.ir_version > helper.find_min_ir_version_for(list(model.opset_import))
+    buffer = io.BytesIO()
+    inputs = np.random.default_rng(0).random((16, 4)).astype(np.float32)
+    np.savez(buffer, inputs=inputs, labels=inputs.argmax(1))
+    store = LocalArtifactStore(tmp_path)
+    report = build_variants(model.SerializeToString(), buffer.getvalue(), store, model="ir", version="1",
+                            options=BuildOptions(latency_runs=3, int8_method="dynamic",
+                                                 variants=("onnxruntime-fp32", "onnxruntime-int8")))
+    for variant in report.variants:
+        assert variant.status == "ready" and variant.key is not None, (variant.variant_id, variant.reason)
+        built = onnx.load_model_from_string(store.read_bytes(variant.key))
+        opset = max(e.version for e in built.opset_import if e.domain in ("", "ai.onnx"))
+        assert built.ir_version == helper.find_min_ir_version_for(list(built.opset_import), ignore_unknown=True)
+        assert variant.custom["runtime_version"] == min_onnxruntime_for(opset)
