@@ -61,15 +61,21 @@ def _field(name: str) -> Any:
     return TelemetryBatchRow.capture[name].as_float()
 
 
+def _newest_first() -> tuple[Any, ...]:
+    """Newest run first, and in it the batch built last: an outbox that drains after a restart delivers
+    the previous run's batches after the new run's, so arrival order does not say which is newest."""
+    return (_field("since_s").desc(), TelemetryBatchRow.seq.desc(), TelemetryBatchRow.id.desc())
+
+
 def device_capture(session: Session, device_id: str) -> DeviceCapture:
     """The device's newest capture object and its runs, oldest first (no runs when it never sent one)."""
     has_capture = and_(TelemetryBatchRow.device_id == device_id, TelemetryBatchRow.capture.is_not(None))
+    since = _field("since_s")
     newest = session.execute(
         select(TelemetryBatchRow.capture, TelemetryBatchRow.received_at).where(has_capture)
-        .order_by(TelemetryBatchRow.received_at.desc(), TelemetryBatchRow.id.desc()).limit(1)).first()
+        .order_by(*_newest_first()).limit(1)).first()
     if newest is None:
         return DeviceCapture(None)
-    since = _field("since_s")
     query = (select(since, func.count(), func.max(TelemetryBatchRow.received_at),
                     *[func.max(_field(k)) for k in COUNTERS])
              .where(has_capture).group_by(since).order_by(since))
@@ -84,16 +90,19 @@ def device_capture(session: Session, device_id: str) -> DeviceCapture:
 def fleet_current_by_model(session: Session, now: datetime | None = None,
                            recent_s: int = RECENT_S) -> dict[str, dict[str, int]]:
     """Per model the devices run, the sum of their current runs' counters and gauges, from each active
-    device's newest batch received within `recent_s`. Devices that run no model count under ''."""
+    device's newest batch (newest run, highest seq) received within `recent_s`. Devices that run no
+    model count under ''."""
     since_at = (now or datetime.now(timezone.utc)) - timedelta(seconds=recent_s)
-    recent = (select(TelemetryBatchRow.device_id, func.max(TelemetryBatchRow.id).label("id"))
+    ranked = (select(TelemetryBatchRow.id, func.row_number().over(
+                  partition_by=TelemetryBatchRow.device_id, order_by=_newest_first()).label("rank"))
               .where(TelemetryBatchRow.received_at >= since_at, TelemetryBatchRow.capture.is_not(None))
-              .group_by(TelemetryBatchRow.device_id).subquery())
+              .subquery())
+    recent = select(ranked.c.id).where(ranked.c.rank == 1).subquery()
     names = COUNTERS + GAUGES
     query = (select(Device.current_model, *[func.sum(func.coalesce(_field(k), 0.0)) for k in names])
              .select_from(recent)
              .join(TelemetryBatchRow, TelemetryBatchRow.id == recent.c.id)
-             .join(Device, Device.id == recent.c.device_id)
+             .join(Device, Device.id == TelemetryBatchRow.device_id)
              .where(Device.status == "active")
              .group_by(Device.current_model))
     out: dict[str, dict[str, int]] = {}

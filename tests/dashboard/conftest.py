@@ -21,6 +21,7 @@ import uvicorn
 
 from agent.metrics.histogram import LatencyHistogram
 from agent.telemetry import wire as twire
+from agent.telemetry.capture_counts import CaptureCounts
 from controller.app import create_app
 from controller.auth import create_api_token
 from controller.db.base import utcnow
@@ -133,7 +134,13 @@ def _seed(ctx: Any) -> None:
             version = "1" if minute < 6 else "2"
             points.append(twire.Point(start + minute * 60, start + minute * 60 + 60, 60, twire.SystemSample(cpu_pct=10.0),
                                       (twire.ModelSample("digits", version, variant, 50, 0, h),)))
-        batches.append(twire.TelemetryBatch(device_id, "ab" * 8, seq + 1, time.time(), tuple(points), hardware_class=hw))
+        capture = (CaptureCounts(since_s=start, captured_random=2, captured_low_confidence=1, uploaded=3, pending=1)
+                   if device_id == "orin-1" else None)
+        batches.append(twire.TelemetryBatch(device_id, "ab" * 8, seq + 1, time.time(), tuple(points), hardware_class=hw,
+                                            capture=capture))
+    # orin-1's agent ran once before (its counters started over at `start`): 5 uploaded in that run.
+    batches.append(twire.TelemetryBatch("orin-1", "ab" * 8, 100, start - 60, (), hardware_class="jetson-orin",
+                                        capture=CaptureCounts(since_s=start - 7200, uploaded=5, captured_random=5)))
     assert writer.write(batches) == len(batches)
     with ctx.session_factory() as session:  # the version change the chart marks
         record_status(session, "orin-1", model="digits", version="2", variant="ort-fp32-cuda",

@@ -83,9 +83,13 @@ def test_device_page_charts_latency_with_the_version_change(browser: Any, live_c
     assert "passed" in gates and "ort-fp32-cuda" in gates
     assert "gate_passed" in page.locator("table.events").inner_text()
     assert page.inner_text("#samples-total") == "3"  # captured samples: 2 random, 1 low confidence
+    capture = page.locator("#capture tbody tr").all_inner_texts()  # counter, this run, all runs
+    assert "uploaded\t3\t8" in capture and "captured_random\t2\t7" in capture and "pending\t1\t—" in capture
+    assert "2 agent run(s)" in page.inner_text("#capture")
     page.screenshot(path=str(ARTIFACTS / "device.png"), full_page=True)
     page.goto(live_controller.url + "/ui/devices/pi5-1")
     assert "accuracy 0.110 below 0.900" in page.locator("table.gates").inner_text()
+    assert "reports no capture counters" in page.inner_text("#capture")
     assert all(u.startswith(live_controller.url) for u in requested)
 
 
@@ -132,3 +136,17 @@ def test_a_viewer_cannot_act_on_a_rollout(browser: Any, live_controller: LiveCon
         r = client.post("/ui/rollouts/r-v2/pause", cookies={"edgefleet_session": op}, data={"csrf": "forged"})
         assert r.status_code == 403 and "stale or came from another site" in r.text
     assert live_controller.engine.store.load("r-v2").state == RolloutState.RUNNING
+
+
+def test_device_page_tables_the_capture_counters_of_this_run_and_all_runs(live_controller: LiveController) -> None:
+    """The HTML itself (no browser needed): orin-1's agent restarted once, pi5-1's sends no counters."""
+    cookies = {"edgefleet_session": live_controller.tokens["viewer"]}
+    with httpx.Client(base_url=live_controller.url, cookies=cookies) as client:
+        page = client.get("/ui/devices/orin-1")
+        assert page.status_code == 200
+        section = page.text.split('id="capture"', 1)[1].split("</section>", 1)[0]
+        rows = re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td><td>([^<]+)</td></tr>", section)
+        assert ("uploaded", "3", "8") in rows and ("captured_random", "2", "7") in rows
+        assert ("pending", "1", "—") in rows and "2 agent run(s)" in section
+        other = client.get("/ui/devices/pi5-1").text.split('id="capture"', 1)[1].split("</section>", 1)[0]
+        assert "reports no capture counters" in other

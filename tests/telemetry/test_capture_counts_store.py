@@ -64,13 +64,16 @@ def _add_device(factory: sessionmaker[Session], device_id: str, model: str | Non
 
 
 def _restarted_device(writer: TelemetryWriter, device: str) -> None:
-    """Run 1 reaches n=9 (its batches delivered out of order), then an old agent build sends none,
-    then run 2 reaches n=4."""
+    """Run 1 reaches n=9 (its batches delivered out of order, its last one only after run 2's), an old
+    agent build sends none in between, and run 2 reaches n=4 (also out of order)."""
     run_1 = [_batch(device, seq, _counts(RUN_1, seq)) for seq in range(10)]
-    assert writer.write(run_1[:4] + run_1[7:]) == 7
+    assert writer.write(run_1[:4] + run_1[7:9]) == 6
     assert writer.write(run_1[4:7]) == 3  # the outbox drained late: older counters after newer ones
     assert writer.write([_batch(device, 10, None)]) == 1
-    assert writer.write([_batch(device, seq, _counts(RUN_2, seq - 11)) for seq in range(11, 16)]) == 5
+    run_2 = {seq: _batch(device, seq, _counts(RUN_2, seq - 11)) for seq in range(11, 16)}
+    assert writer.write([run_2[11], run_2[12], run_2[15]]) == 3
+    assert writer.write([run_2[13], run_2[14]]) == 2  # run 2's highest seq is not its last stored either
+    assert writer.write(run_1[9:]) == 1  # arrives after the new run's: neither newest nor lost
 
 
 def test_capture_is_stored_per_batch_on_the_fast_and_the_conflict_path(session_factory: sessionmaker[Session]) -> None:
