@@ -8,11 +8,12 @@ each counter is one aggregate per run in SQL. `pending` and `pending_bytes` are 
 read from the newest batch only, never summed.
 
 Runs are as old as the batch records kept (`retention.RetentionPolicy.batch_keep_s`); retention keeps
-the newest record of each run past that age, so a total does not shrink when old batches go.
+the highest-`seq` record of each run past that age, so a total does not shrink when old batches go.
+A run is told apart by `since_s` alone: two daemon starts within the same microsecond would merge.
 
 `fleet_current_by_model` is what /metrics exports: the current run of each device heard from lately,
-summed by the model the device runs. It reads recent batches only (the `received_at` index), so a
-scrape costs the same whatever the history.
+summed by the model the device runs (from the device registry, as `edgefleet_devices` does). It reads
+recent batches only (the `received_at` index), so a scrape costs the same whatever the history.
 
 Reads only; nothing here writes.
 """
