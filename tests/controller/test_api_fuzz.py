@@ -67,6 +67,7 @@ FUZZED = {
     ("GET", "/api/v1/devices/{device_id}"),
     ("PATCH", "/api/v1/devices/{device_id}"),
     ("GET", "/api/v1/devices/{device_id}/history"),
+    ("GET", "/api/v1/devices/{device_id}/capture"),
     ("POST", "/api/v1/devices/{device_id}/revoke"),
     ("GET", "/api/v1/models"),
     ("GET", "/api/v1/models/{name}/{version}"),
