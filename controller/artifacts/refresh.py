@@ -115,22 +115,30 @@ class RepositoryRefresher:
             log.warning("image repository targets metadata expires soon: re-sign it with the release key")
         return plan
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sleep_s = self.refresh_once().next_check_s
-                self.last_error = None
-            except Exception as e:  # keep the schedule alive; the next round retries
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("image repository refresh failed (retrying in %.0f s): %s", self._error_retry_s, e)
-                sleep_s = self._error_retry_s
-            self._stop.wait(sleep_s)
+    def _round(self) -> float:
+        """One refresh; the seconds until the next (a failure retries after `error_retry_s`)."""
+        try:
+            sleep_s = self.refresh_once().next_check_s
+            self.last_error = None
+        except Exception as e:  # keep the schedule alive; the next round retries
+            self.last_error = f"{type(e).__name__}: {e}"
+            log.warning("image repository refresh failed (retrying in %.0f s): %s", self._error_retry_s, e)
+            sleep_s = self._error_retry_s
+        return sleep_s
+
+    def _loop(self, sleep_s: float) -> None:
+        while not self._stop.wait(sleep_s):
+            sleep_s = self._round()
 
     def start(self) -> None:
+        """Run the first round here, so the repository exists (created on first use) and is fresh
+        before the app takes requests; later rounds run on the thread."""
         if self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="repository-refresher", daemon=True)
+        first_sleep_s = self._round()
+        self._thread = threading.Thread(target=self._loop, args=(first_sleep_s,), name="repository-refresher",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:

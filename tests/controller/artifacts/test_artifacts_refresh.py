@@ -97,3 +97,23 @@ def test_thread_keeps_going_after_errors(repository: ImageRepository) -> None:
     assert attempts["n"] >= 3
     assert refresher.refreshes >= 2 and refresher.last_error is None
     assert repository.timestamp().signed.version >= before + 2
+
+
+def test_start_runs_the_first_round_before_returning(repository: ImageRepository) -> None:
+    """The app starts the refresher before it takes requests: the first round (which also creates a
+    missing repository) must be done by then, not left to the thread."""
+    opened: list[str] = []
+
+    def open_repository() -> ImageRepository:
+        opened.append(threading.current_thread().name)
+        return repository
+
+    due = datetime.now(timezone.utc) + timedelta(seconds=90)
+    refresher = RepositoryRefresher(open_repository, threading.Lock(), now=lambda: due, min_sleep_s=60)
+    before = repository.timestamp().signed.version
+    refresher.start()
+    try:
+        assert opened == [threading.current_thread().name] and refresher.refreshes == 1
+        assert repository.timestamp().signed.version == before + 1
+    finally:
+        refresher.stop()
