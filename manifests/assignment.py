@@ -16,15 +16,17 @@ Wire form (keys sorted when encoded):
 `targets` pins every target of the release the director vouches for (variants and golden set). The
 verifier requires each pin to be listed and signed by the image repository with the same length and hash.
 
-Fields added to a policy after schema 1 was fielded (`LATE_FIELDS`, e.g. `gate.max_accuracy_drop`) are
-written only when they differ from their default, and read as the default when absent. Documents from
-older controllers therefore keep their meaning, and agents that predate a field keep accepting ordinary
-assignments while refusing (unknown field) exactly those that need its new meaning: a fleet rollback
-that waives the accuracy-drop check must not reach a device that cannot honour the waiver.
+Fields added to a policy after schema 1 was fielded (`LATE_FIELDS`: `gate.max_accuracy_drop`,
+`probation.max_confidence_drop`) are written only when they differ from their default, and read as the
+default when absent. Documents from older controllers therefore keep their meaning, and agents that
+predate a field keep accepting ordinary assignments while refusing (unknown field) exactly those that
+need its new meaning: a fleet rollback that waives the accuracy-drop check, or a probation that judges
+confidence, must not reach a device that cannot honour it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -83,6 +85,10 @@ class ProbationPolicy:
     max_latency_p99_ratio: float = 2.0
     min_agreement: float | None = None
     max_nan_rate: float = 0.0
+    # How far the new model's mean top-1 confidence may fall below the previous model's on the same
+    # shadowed requests (absolute, 0..1). None: not judged; a model's calibration legitimately moves
+    # between releases, so only a rollout that knows its models sets a limit.
+    max_confidence_drop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,10 @@ def parse_time(value: object, where: str) -> datetime:
         ) from e
 
 
-LATE_FIELDS: dict[str, frozenset[str]] = {"gate": frozenset({"max_accuracy_drop"})}
+LATE_FIELDS: dict[str, frozenset[str]] = {
+    "gate": frozenset({"max_accuracy_drop"}),
+    "probation": frozenset({"max_confidence_drop"}),
+}
 
 
 def _policy_dict(policy: Any, section: str) -> dict[str, Any]:
@@ -157,7 +166,7 @@ def to_dict(a: Assignment) -> dict[str, Any]:
         "release": asdict(a.release),
         "targets": [asdict(t) for t in a.targets],
         "gate": _policy_dict(a.gate, "gate"),
-        "probation": asdict(a.probation),
+        "probation": _policy_dict(a.probation, "probation"),
         "capture": asdict(a.capture),
         "rollout_id": a.rollout_id,
     }
@@ -201,10 +210,16 @@ def _int(value: object, where: str, minimum: int = 0) -> int:
 def _num(value: object, where: str, low: float = 0.0, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TrustError(Reason.MALFORMED, f"{where} must be a number, got {value!r}")
-    if value < low or (high is not None and value > high):
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise TrustError(Reason.MALFORMED, f"{where} must be a finite number, got {value!r}")
+    if number < low or (high is not None and number > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise TrustError(Reason.MALFORMED, f"{where} must be in {bound}, got {value}")
-    return float(value)
+    return number
 
 
 def _ident(value: object, where: str) -> str:
@@ -239,7 +254,7 @@ def _policy(cls: type[Any], value: object, where: str) -> Any:
 
 
 def _is_fraction(name: str) -> bool:
-    return name.endswith(("_rate", "_agreement", "_accuracy", "_threshold", "_accuracy_drop"))
+    return name.endswith(("_rate", "_agreement", "_accuracy", "_threshold", "_accuracy_drop", "_confidence_drop"))
 
 
 _FIELDS = {

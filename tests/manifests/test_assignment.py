@@ -86,6 +86,14 @@ def body(**changes: Any) -> dict[str, Any]:
         ({"gate": {"max_accuracy_drop": "0.1"}}, Reason.MALFORMED, "gate.max_accuracy_drop"),
         ({"probation": {"window_s": -1}}, Reason.MALFORMED, "probation.window_s"),
         ({"probation": {"max_error_rate": None}}, Reason.MALFORMED, "may not be null"),
+        ({"probation": {"max_confidence_drop": 1.01}}, Reason.MALFORMED, "probation.max_confidence_drop"),
+        ({"probation": {"max_confidence_drop": -0.01}}, Reason.MALFORMED, "probation.max_confidence_drop"),
+        ({"probation": {"max_confidence_drop": float("nan")}}, Reason.MALFORMED, "finite"),
+        ({"probation": {"max_confidence_drop": float("inf")}}, Reason.MALFORMED, "finite"),
+        ({"probation": {"max_confidence_drop": "0.1"}}, Reason.MALFORMED, "probation.max_confidence_drop"),
+        ({"probation": {"max_confidence_drop": True}}, Reason.MALFORMED, "probation.max_confidence_drop"),
+        ({"probation": {"window_s": float("nan")}}, Reason.MALFORMED, "probation.window_s"),
+        ({"probation": {"window_s": 10**400}}, Reason.MALFORMED, "probation.window_s"),
         ({"capture": {"max_samples_per_hour": 1.5}}, Reason.MALFORMED, "capture.max_samples_per_hour"),
         ({"capture": {"bogus": 1}}, Reason.MALFORMED, "unknown fields"),
         ({"type": "status"}, Reason.MALFORMED, "type"),
@@ -120,6 +128,27 @@ def test_accuracy_drop_is_signed_only_when_it_departs_from_the_default() -> None
         assert data == canonical.encode(json.loads(data))
     explicit = body(gate={**plain["gate"], "max_accuracy_drop": 0.02})
     assert A.from_dict(explicit) == sample()
+
+
+def test_confidence_drop_is_signed_only_when_set() -> None:
+    """Absent or null reads as None (not judged); ordinary assignments encode exactly as before the
+    field existed, so older agents accept them; a limit is written out and survives the round trip."""
+    plain = json.loads(A.encode(sample()))
+    assert "max_confidence_drop" not in plain["probation"]
+    assert A.decode(A.encode(sample())).probation.max_confidence_drop is None
+    assert A.from_dict(body(probation={**plain["probation"], "max_confidence_drop": None})) == sample()
+    for drop in (0.0, 0.15, 1, 1.0):
+        a = sample(probation=A.ProbationPolicy(window_s=60.0, max_confidence_drop=drop))
+        data = A.encode(a)
+        assert json.loads(data)["probation"]["max_confidence_drop"] == drop
+        decoded = A.decode(data)
+        assert decoded == a and isinstance(decoded.probation.max_confidence_drop, float)
+        assert data == canonical.encode(json.loads(data))
+
+
+def test_a_signer_cannot_encode_a_non_finite_policy() -> None:
+    with pytest.raises(TrustError, match="probation.max_confidence_drop must be a finite number"):
+        A.encode(sample(probation=A.ProbationPolicy(max_confidence_drop=float("nan"))))
 
 
 @pytest.mark.parametrize(
