@@ -270,16 +270,21 @@ class AgentProcess:
 
     def infer(self, model: SampleModel, name: str = "digits", rows: int = 16) -> tuple[np.ndarray, str]:
         """Top-1 classes for the first `rows` golden inputs, and the model version that answered."""
+        scores, version = self.infer_scores(model, name, rows)
+        return scores.argmax(axis=1), version
+
+    def infer_scores(self, model: SampleModel, name: str = "digits", rows: int = 16,
+                     timeout_s: float = 10.0) -> tuple[np.ndarray, str]:
+        """The full output scores for the first `rows` golden inputs, and the model version that answered."""
         x = model.golden.inputs[:rows].astype(np.float32)
         body = {"inputs": [{"name": model.input_name, "shape": list(x.shape), "datatype": "FP32",
                             "data": x.ravel().tolist()}]}
         request = urllib.request.Request(f"{self.url}/v2/models/{name}/infer", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             doc = json.loads(response.read())
         out = next(o for o in doc["outputs"] if o["name"] == model.output_name)
-        scores = np.asarray(out["data"], dtype=np.float64).reshape(out["shape"])
-        return scores.argmax(axis=1), str(doc.get("model_version"))
+        return np.asarray(out["data"], dtype=np.float64).reshape(out["shape"]), str(doc.get("model_version"))
 
     def mapped_libraries(self, packages: Sequence[str]) -> set[str]:
         """Which of `packages` have a shared library mapped into the agent process (i.e. were imported)."""

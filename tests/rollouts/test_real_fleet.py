@@ -12,10 +12,8 @@ answering a real inference request with v2, its scores equal to the golden refer
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,19 +43,6 @@ def fleet(tmp_path: Path, mosquitto: Any) -> Iterator[RealFleet]:
         yield f
 
 
-def infer_scores(agent: AgentProcess, model: SampleModel, rows: int = 16) -> tuple[np.ndarray, str]:
-    """The full output scores for the first `rows` golden inputs and the model version that answered."""
-    x = model.golden.inputs[:rows].astype(np.float32)
-    body = {"inputs": [{"name": model.input_name, "shape": list(x.shape), "datatype": "FP32",
-                        "data": x.ravel().tolist()}]}
-    request = urllib.request.Request(f"{agent.url}/v2/models/digits/infer", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        doc = json.loads(response.read())
-    out = next(o for o in doc["outputs"] if o["name"] == model.output_name)
-    return np.asarray(out["data"], dtype=np.float64).reshape(out["shape"]), str(doc.get("model_version"))
-
-
 class ServingWatch:
     """One thread per agent asking it for an inference every `interval_s`: what answered, and when."""
 
@@ -73,7 +58,7 @@ class ServingWatch:
     def _watch(self, device: str, agent: AgentProcess, model: SampleModel, interval_s: float) -> None:
         while not self.stop.wait(interval_s):
             try:
-                _, version = infer_scores(agent, model, rows=1)
+                _, version = agent.infer_scores(model, rows=1, timeout_s=30)
             except OSError as e:
                 self.errors.append(f"{device}: {e}")
                 continue
@@ -101,7 +86,7 @@ def test_three_wave_rollout_over_twenty_real_agents_completes(fleet: RealFleet, 
     fleet.rollout("r-v1", "1", (WaveSpec(percent=100, soak_s=0.5),))
     first = fleet.settle("r-v1")
     assert first.state == RolloutState.COMPLETED, first.reason
-    assert all(infer_scores(a, digits_mlp, rows=1)[1] == "1" for a in fleet.agents.values())
+    assert all(a.infer_scores(digits_mlp, rows=1, timeout_s=30)[1] == "1" for a in fleet.agents.values())
 
     first_done = time.monotonic()
     watch = ServingWatch(fleet.agents, digits_mlp)  # live traffic on every agent through the hot swaps
@@ -138,7 +123,7 @@ def test_three_wave_rollout_over_twenty_real_agents_completes(fleet: RealFleet, 
 
     reference = digits_mlp.golden.reference_outputs[:16]
     for d, agent in fleet.agents.items():
-        scores, version = infer_scores(agent, digits_mlp)
+        scores, version = agent.infer_scores(digits_mlp, timeout_s=30)
         assert version == "2", d
         np.testing.assert_allclose(scores, reference, rtol=1e-4, atol=1e-5, err_msg=d)
     rss_mb = sum(rss_kb(a) for a in fleet.agents.values()) / 1024
