@@ -85,6 +85,9 @@ def test_the_loop_renews_and_the_session_reconnects_with_the_new_pair(
         session.connected.clear()
         broker.restart()
         wait_until(session.connected.is_set, timeout_s=30, message="reconnection with the renewed pair")
+
+        served.stop()  # still due (one-day certificates): the child cannot reach the controller
+        assert loop.check_once() == 3600.0 and loop.last_error and len(renewed) == 2
     finally:
         if session is not None:
             session.stop()
@@ -103,3 +106,9 @@ def test_an_unreachable_controller_is_retried_sooner_than_the_daily_check(tmp_pa
     assert loop.check_once() == 600.0
     assert calls == ["http://127.0.0.1:9"] and loop.last_error == "connection refused"
     assert not loop.enabled  # nothing enrolled in this folder: the daemon would not start the loop
+
+
+def test_a_device_that_is_not_enrolled_waits_for_the_next_daily_check(tmp_path: Path) -> None:
+    loop = RenewalLoop(Identity(tmp_path), None, 86400.0, threading.Event(), lambda r: None, retry_s=600.0)
+    assert loop.check_once() > 600.0  # not retryable: running again soon cannot help
+    assert loop.last_error is not None and "device key or certificate" in loop.last_error
