@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", type=Path, required=True)
     p.add_argument("--ca-file", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--reload", help="command to run after a change, e.g. 'systemctl restart mosquitto'")
+    p.add_argument("--reload", help="command to run after a change, e.g. 'systemctl reload mosquitto'")
     p.set_defaults(handler=_crl)
     p = sub.add_parser("check-keys", help="refuse secrets readable by others")
     p.add_argument("--state-dir", type=Path, required=True)

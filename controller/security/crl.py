@@ -5,7 +5,8 @@ authenticates with its certificate is refused only once the broker holds a CRL l
 certificate. The broker host therefore runs `python -m controller.security crl` from a timer: it fetches
 the signed CRL from the controller (`GET /api/v1/ca/crl`, a viewer token), checks it is signed by the
 fleet CA the broker already trusts, writes it atomically only when it changed, and then runs the
-reload command (Mosquitto re-reads TLS files when restarted; `systemctl restart` after a change).
+reload command: `systemctl reload mosquitto` (SIGHUP), which Mosquitto 2 answers by re-reading the
+CRL for new handshakes while every open connection stays up. A restart would drop the whole fleet.
 
 The CRL's own `next_update` bounds how stale a broker may get: Mosquitto refuses every client once the
 CRL expires, so the timer must run well inside that lifetime (24 h by default).
@@ -73,8 +74,8 @@ def install_crl(crl_pem: bytes, ca_pem: bytes, target: Path, *, reload_command: 
         current: CrlFacts | None = check_crl(target.read_bytes(), ca_pem)
     except (OSError, SecurityConfigError):
         current = None
-    # Same revocations: rewrite only to renew an expiring CRL, and then no broker restart is needed
-    # for correctness, but one is for Mosquitto to read the new dates; treat it as a change.
+    # Same revocations: rewrite only to renew a CRL that expires within 6 h, and reload then too, for
+    # Mosquitto to hold the new dates before the old ones lapse (it refuses everyone once they do).
     if current is not None and current.revoked_serials == fresh.revoked_serials:
         if current.next_update is None or fresh.next_update is None:
             return False

@@ -116,6 +116,8 @@ def test_controller_and_broker_playbooks_produce_a_working_mtls_broker(tmp_path:
                      f"crlfile {tls_dir}/crl.pem", "max_packet_size 262144", f"acl_file {tls_dir}/acl"):
             assert line in conf, conf
         assert "OnUnitActiveSec=5min" in (root / "etc" / "systemd" / "system" / "edgefleet-crl.timer").read_text()
+        crl_unit = (root / "etc" / "systemd" / "system" / "edgefleet-crl.service").read_text()
+        assert '--reload "systemctl reload mosquitto"' in crl_unit and "restart" not in crl_unit.split("ExecStart=")[1]
 
         # Run Mosquitto on exactly that configuration (plus what a test run needs: root, a log).
         test_conf = tmp_path / "mosquitto.conf"
