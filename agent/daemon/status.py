@@ -5,6 +5,9 @@ Reads only the device's state folder (pointers, journal, outbox, trust state, th
 when the daemon serves, asks its `/v2/health/ready`. It works with the daemon
 stopped, which is when an operator most needs it. Exit status: 0 when the daemon runs, 3 when it
 does not (as `systemctl status`), 2 for a configuration problem.
+
+`--alive` is the container health check: it reads only `daemon.json` and `/proc`, so it answers fast
+and does not depend on a model being served (the inference server opens only with the first model).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,8 @@ MAX_STATE_BYTES = 8 * 1024 * 1024
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="device config file (.toml or .json)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--alive", action="store_true",
+                        help="only check that the daemon runs and is not stuck (exit 0, else 3): a health check")
 
 
 def collect(config: DaemonConfig) -> dict[str, Any]:
@@ -73,12 +79,52 @@ def run(args: argparse.Namespace) -> int:
     except DaemonError as e:
         print(f"edgefleet-agent: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "alive", False):
+        ok, why = liveness(config)
+        print(why)
+        return 0 if ok else 3
     doc = collect(config)
     if args.json:
         print(json.dumps(doc, sort_keys=True, default=str))
     else:
         print(render(doc))
     return 0 if doc["daemon"]["running"] else 3
+
+
+def liveness(config: DaemonConfig, *, now_s: float | None = None) -> tuple[bool, str]:
+    """Whether the daemon runs and is not stuck, and why not.
+
+    Dead: no `daemon.json`, state `stopped`, its pid gone or a zombie. Stuck: the process is stopped
+    (SIGSTOP, a debugger), or `daemon.json` promises a refresh every `heartbeat_s` seconds and is
+    older than three of them."""
+    runtime = _read_json(config.runtime_path)
+    if not isinstance(runtime, dict):
+        return False, f"no readable daemon state in {config.runtime_path}"
+    pid, state = runtime.get("pid"), runtime.get("state")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False, f"{config.runtime_path} names no pid"
+    if state == "stopped" or not _alive(pid):
+        return False, f"daemon (pid {pid}) is not running"
+    proc_state = _proc_state(pid)
+    if proc_state in ("T", "t", "Z", "X"):
+        return False, f"daemon (pid {pid}) is {'stopped' if proc_state in ('T', 't') else 'dead'} ({proc_state})"
+    heartbeat_s, updated_at = runtime.get("heartbeat_s"), runtime.get("updated_at")
+    if isinstance(heartbeat_s, (int, float)) and heartbeat_s > 0 and isinstance(updated_at, (int, float)):
+        age_s = (time.time() if now_s is None else now_s) - updated_at
+        if age_s > 3 * heartbeat_s:
+            return False, f"daemon (pid {pid}) has not refreshed {config.runtime_path.name} for {age_s:.0f} s"
+    return True, f"daemon running, pid {pid}, {state}"
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter in /proc/PID/stat (None where there is no /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    except OSError:
+        return None
+    _, _, rest = text.rpartition(")")
+    fields = rest.split()
+    return fields[0] if fields else None
 
 
 def render(doc: dict[str, Any]) -> str:

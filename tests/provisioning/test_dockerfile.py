@@ -6,6 +6,7 @@ instructions stage by stage instead.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -60,14 +61,27 @@ def test_multi_stage_with_a_base_argument() -> None:
     assert all(stage[0][1].startswith("${BASE}") for stage in stages)
 
 
-def test_final_stage_is_non_root_with_a_state_volume_and_a_readiness_healthcheck() -> None:
+def _healthcheck_command() -> list[str]:
+    final = _stages(_instructions(DOCKERFILE.read_text()))[-1]
+    (health,) = [args for w, args in final if w == "HEALTHCHECK"]
+    _, _, exec_form = health.partition(" CMD ")
+    command = json.loads(exec_form)
+    assert isinstance(command, list) and all(isinstance(word, str) for word in command), health
+    return command
+
+
+def test_final_stage_is_non_root_with_a_state_volume_and_a_liveness_healthcheck() -> None:
     final = _stages(_instructions(DOCKERFILE.read_text()))[-1]
     words = [w for w, _ in final]
     users = [args for w, args in final if w == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert ("VOLUME", '["/var/lib/edgefleet-agent"]') in final
-    (health,) = [args for w, args in final if w == "HEALTHCHECK"]
-    assert "/v2/health/ready" in health and "CMD" in health
+    # The daemon's liveness, from the state folder: no HTTP probe (the server opens only with a model).
+    command = _healthcheck_command()
+    assert command[:3] == ["/opt/edgefleet/bin/edgefleet-agent", "status", "--alive"]
+    assert "/v2/health" not in " ".join(command)
+    config = command[command.index("--config") + 1]
+    assert any(w == "CMD" and config in args for w, args in final), "the health check reads the daemon's config"
     assert words.index("USER") < words.index("ENTRYPOINT")
     assert any(w == "COPY" and "--from=build" in args for w, args in final)
 
