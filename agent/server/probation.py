@@ -13,6 +13,9 @@ What is judged (ProbationPolicy from the signed assignment):
 |              | p99 on this server (same traffic, same HTTP path)   | than `latency_floor_s` slower        |
 | agreement    | top-1 agreement with the previous version, by       | < min_agreement (≥ min_shadow_rows)  |
 |              | shadow evaluation of sampled live inputs            |                                      |
+| confidence   | previous minus new mean top-1 confidence on the     | > max_confidence_drop                |
+|              | same shadowed rows (a model gone unsure: drift, a   | (≥ min_shadow_rows with a confidence)|
+|              | bad quantization), even where top-1 still agrees    |                                      |
 
 A violation ends probation at once (the engine then rolls back); the window running out without
 one passes, and the previous version is released. The evidence (every figure and limit) goes into
@@ -99,6 +102,12 @@ def judge(policy: ProbationPolicy, figures: LiveFigures, limits: ProbationLimits
             and f.shadow.rows >= limits.min_shadow_rows and agreement < policy.min_agreement):
         reasons.append(f"agreement {agreement:.4f} over {f.shadow.rows} shadowed rows "
                        f"< min {policy.min_agreement}")
+    drop = f.shadow.confidence_drop
+    if (policy.max_confidence_drop is not None and drop is not None
+            and f.shadow.confidence_rows >= limits.min_shadow_rows and drop > policy.max_confidence_drop):
+        reasons.append(f"confidence_drop {drop:.4f}: mean top-1 confidence {f.shadow.mean_confidence_new:.4f} "
+                       f"(new) vs {f.shadow.mean_confidence_previous:.4f} (previous) over "
+                       f"{f.shadow.confidence_rows} shadowed rows > max {policy.max_confidence_drop}")
     evidence = {
         "figures": {**{k: v for k, v in asdict(f).items() if k != "shadow"}, "shadow": f.shadow.to_dict()},
         "policy": asdict(policy),
