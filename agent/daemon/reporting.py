@@ -135,6 +135,9 @@ def probation_details(detail: Mapping[str, Any]) -> dict[str, wire.DetailValue]:
     if isinstance(shadow, Mapping):
         out["agreement"] = shadow.get("agreement")
         out["shadow_rows"] = shadow.get("rows")
+        for key in ("confidence_drop", "mean_confidence_new", "mean_confidence_previous"):
+            if shadow.get(key) is not None:
+                out[key] = shadow[key]
     return flatten(out)
 
 

@@ -21,7 +21,8 @@ GATE = {"report": {"candidate": "models/digits/2/ort-fp32.onnx", "runtime": "onn
                    "current": {"accuracy": 0.96, "latency_p50_ms": 0.2}},
         "verdict": {"passed": False, "reasons": ["latency_regression: p50 0.3 ms is 1.50x", "x"]}}
 PROBATION = {"figures": {"requests": 200, "errors": 4, "latency_p99_s": 0.006, "baseline_p99_s": 0.002,
-                         "shadow": {"rows": 50, "agreement": 0.9}}}
+                         "shadow": {"rows": 50, "agreement": 0.9, "confidence_drop": 0.25,
+                                    "mean_confidence_new": 0.7, "mean_confidence_previous": 0.95}}}
 
 
 @dataclass
@@ -100,6 +101,8 @@ def test_detail_keys_the_controller_reads() -> None:
         assert details[kind]["error_rate"] == pytest.approx(0.02)
         assert details[kind]["latency_p99_ratio"] == pytest.approx(3.0)
         assert details[kind]["agreement"] == 0.9
+        assert details[kind]["confidence_drop"] == 0.25 and details[kind]["mean_confidence_new"] == 0.7
+        assert details[kind]["mean_confidence_previous"] == 0.95
 
 
 def test_a_rejected_candidate_with_another_left_is_not_a_device_failure() -> None:
