@@ -15,7 +15,13 @@ from controller.telemetry.service import TelemetryService
 from tests.telemetry.conftest import ControllerEnv
 
 BUCKET_RATIO = 10 ** (1 / BUCKETS_PER_DECADE)
-NOW = datetime.now(timezone.utc).timestamp()
+
+
+def _now() -> float:
+    """Read at each use: a module-level constant ages while the suite runs, and the latency API's
+    default window (the last hour) would drop batches written relative to it."""
+    return datetime.now(timezone.utc).timestamp()
+
 
 
 def exact_quantile(values: list[float], q: float) -> float:
@@ -45,7 +51,7 @@ def _fleet(rng: random.Random) -> tuple[list[TelemetryBatch], dict[str, list[flo
             n = 400 if hw == "jetson" else 50  # the fast device serves 8x the requests
             values = [rng.lognormvariate(math.log(median_s * scale), sigma) for _ in range(n)]
             pooled[version].extend(values)
-            batches.append(_batch(device, seq, NOW - 3000 + seq * 10, version, values, hw, errors=seq % 2))
+            batches.append(_batch(device, seq, _now() - 3000 + seq * 10, version, values, hw, errors=seq % 2))
     return batches, pooled
 
 
@@ -101,9 +107,9 @@ def test_grouping_compare_and_device_series(api: ControllerEnv) -> None:
 def test_retention_rolls_up_without_losing_a_request(api: ControllerEnv) -> None:
     rng = random.Random(3)
     day_s = 86400
-    old = [_batch("pi-9", seq, NOW - 20 * day_s + seq * 10, "1",
+    old = [_batch("pi-9", seq, _now() - 20 * day_s + seq * 10, "1",
                   [rng.uniform(0.01, 0.09) for _ in range(30)], "rpi4") for seq in range(30)]
-    recent = [_batch("pi-9", 100 + seq, NOW - 2 * day_s + seq * 10, "1",
+    recent = [_batch("pi-9", 100 + seq, _now() - 2 * day_s + seq * 10, "1",
                      [rng.uniform(0.01, 0.09) for _ in range(30)], "rpi4") for seq in range(12)]
     factory = api.ctx.session_factory
     TelemetryWriter(factory, IngestConfig("127.0.0.1", 1)).write(old + recent)
@@ -159,8 +165,8 @@ def test_a_point_repeated_in_a_later_batch_is_stored_once(api: ControllerEnv) ->
     """A device that crashed between handing points to its outbox and removing them from its spool
     sends those points again under a new sequence number: the batch is new, the point is not."""
     writer = TelemetryWriter(api.ctx.session_factory, IngestConfig("127.0.0.1", 1))
-    first = _batch("pi-7", 0, NOW - 100, "1", [0.01] * 5, "rpi4")
-    again = TelemetryBatch("pi-7", first.stream, 1, NOW, first.points + _batch("pi-7", 1, NOW - 90, "1", [0.02] * 3,
+    first = _batch("pi-7", 0, _now() - 100, "1", [0.01] * 5, "rpi4")
+    again = TelemetryBatch("pi-7", first.stream, 1, _now(), first.points + _batch("pi-7", 1, _now() - 90, "1", [0.02] * 3,
                                                                               "rpi4").points, hardware_class="rpi4")
     assert writer.write([first]) == 1
     assert writer.write([again]) == 1  # the batch is new ...
