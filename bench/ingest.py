@@ -1,7 +1,8 @@
 """Telemetry ingest throughput: devices → Mosquitto → controller ingest → PostgreSQL, vs a raw subscriber.
 
 K simulated devices' telemetry batches (one 10-second point each: system figures, one model with a
-latency histogram of ~15 buckets, ≈1 KB) are published QoS 1 through a local Mosquitto, twice:
+latency histogram of ~15 buckets, ≈1 KB; a quarter of the devices also carry sample-capture counters)
+are published QoS 1 through a local Mosquitto, twice:
 
 1. to a raw paho subscriber (QoS 1) that only counts messages: the broker + Python client ceiling;
 2. to the controller's `TelemetryService` (shared subscription, validation, dedupe, grouped inserts into
@@ -42,6 +43,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent.metrics.histogram import LatencyHistogram  # noqa: E402
+from agent.telemetry.capture_counts import CaptureCounts  # noqa: E402
 from agent.telemetry.wire import ModelSample, Point, SystemSample, TelemetryBatch, encode  # noqa: E402
 
 MAX_QUEUED = 1_000_000
@@ -62,8 +64,11 @@ def payloads(devices: int, per_device: int, seed: int = 1, round_: int = 0) -> l
                                        disk_used_pct=40.0, temps_c={"cpu-thermal": rng.uniform(40, 70)}),
                           (ModelSample("digits-cnn", "3", "ort-fp32", 40, 0, h),))
             device = f"dev-{d:05d}"
+            # a quarter of the fleet captures samples and reports its capture counters
+            capture = (CaptureCounts(since_s=start, captured_random=seq, uploaded=seq, spooled_bytes=1000 * seq,
+                                     pending=1) if d % 4 == 0 else None)
             batch = TelemetryBatch(device, f"{round_:08x}{d:08x}", seq, start + seq * 10 + 10, (point,),
-                                   hardware_class="rpi4" if d % 2 else "jetson-orin")
+                                   hardware_class="rpi4" if d % 2 else "jetson-orin", capture=capture)
             out.append((f"edgefleet/v1/{device}/telemetry", encode(batch)))
     return out
 
