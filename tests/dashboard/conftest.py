@@ -122,7 +122,8 @@ def _seed(ctx: Any) -> None:
             "details": {"candidate": "ort-int8", "hardware_class": "rpi5", "accuracy": 0.11,
                         "latency_p50_ms": 0.09, "reasons": "accuracy 0.110 below 0.900"}})
         session.commit()
-    writer = TelemetryWriter(ctx.session_factory, IngestConfig(host="127.0.0.1", port=1))
+    # a synthetic history: its telemetry must not count as nuc-2 being alive now
+    writer = TelemetryWriter(ctx.session_factory, IngestConfig(host="127.0.0.1", port=1, mark_seen=False))
     start = time.time() - 600
     batches = []
     for seq, (device_id, hw, variant) in enumerate(FLEET):
@@ -145,6 +146,7 @@ def _seed(ctx: Any) -> None:
     with ctx.session_factory() as session:  # the version change the chart marks
         record_status(session, "orin-1", model="digits", version="2", variant="ort-fp32-cuda",
                       update_state="idle", last_error=None)
+        record_presence(session, "nuc-2", online=False)  # its last will, after its last status
         session.commit()
 
 
