@@ -8,8 +8,8 @@
 The server runs in a separate process (its own interpreter) and serves the file the way an artifact
 server does, with sendfile from the page cache, so Python copies no byte on the serving side; the raw
 download and the stager both fetch from that same server. Each
-figure is the median of several rounds, the measurements interleaved round by round so background
-load on a shared machine hits all of them alike. A naive download-then-hash-then-write loop is
+figure is the median of several rounds, the measurements interleaved round by round (each round
+starting one step later) so background load and what one step leaves behind hit all of them alike. A naive download-then-hash-then-write loop is
 printed for context. The last line is one JSON object (headline: ratio_vs_limit, stage_mb_s,
 limit_mb_s).
 
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -165,15 +166,21 @@ def main() -> int:
             times: dict[str, list[float]] = {k: [] for k in ("hash", "write_fsync", "download", "naive", "stage",
                                                              "write_buffered", "write_direct")}
             print(f"staging {size / 1e6:.0f} MB over loopback HTTP into {folder}, {rounds} rounds")
+            steps: list[tuple[str, Callable[[], float]]] = [
+                ("hash", lambda: raw_hash(view)),
+                ("write_buffered", lambda: raw_write(view, folder, direct=False)),
+                ("write_direct", lambda: raw_write(view, folder, direct=True)),
+                ("download", lambda: raw_download(url)),
+                ("naive", lambda: naive(url, folder)),
+                ("stage", lambda: stage(url, target, folder)),
+            ]
             for r in range(rounds):
-                times["hash"].append(raw_hash(view))
-                times["write_buffered"].append(raw_write(view, folder, direct=False))
-                times["write_direct"].append(raw_write(view, folder, direct=True))
+                # Each round starts one step later: what a step leaves behind (the naive loop's gigabyte of
+                # page cache, say) must not always land on the same measurement.
+                for name, step in steps[r % len(steps):] + steps[:r % len(steps)]:
+                    times[name].append(step())
                 # the disk's figure is the faster way of writing to it in this round
                 times["write_fsync"].append(min(times["write_buffered"][-1], times["write_direct"][-1]))
-                times["download"].append(raw_download(url))
-                times["naive"].append(naive(url, folder))
-                times["stage"].append(stage(url, target, folder))
                 print(f"  round {r + 1}: " + ", ".join(f"{k} {mb_s(size, v[-1]):.0f} MB/s" for k, v in times.items()))
         finally:
             server.terminate()
