@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -302,3 +303,16 @@ class AgentProcess:
         except OSError:
             return False
         return True
+
+
+@contextlib.contextmanager
+def one_agent(folder: Path, broker_port: int, device_id: str) -> Iterator[tuple[ControllerSide, AgentProcess]]:
+    """A controller side and one agent process for it; the agent is killed and both closed afterwards."""
+    controller = ControllerSide(folder, broker_port, device_id)
+    agent = AgentProcess(folder, controller, broker_port)
+    try:
+        yield controller, agent
+    finally:
+        agent.kill()
+        agent.notify.close()
+        controller.close()

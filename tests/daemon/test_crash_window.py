@@ -17,21 +17,15 @@ from typing import Any
 import pytest
 
 from controller.sample_models import SampleModel
-from tests.daemon.fleet import AgentProcess, ControllerSide, wait_for
+from tests.daemon.fleet import AgentProcess, ControllerSide, one_agent, wait_for
 
 CRASH_RUNNER = ("tests.daemon.crash_runner",)
 
 
 @pytest.fixture
 def fleet(tmp_path: Path, mosquitto: Any, request: pytest.FixtureRequest) -> Iterator[tuple[ControllerSide, AgentProcess]]:
-    controller = ControllerSide(tmp_path, mosquitto.port, f"edge-crash-{request.node.callspec.id}")
-    agent = AgentProcess(tmp_path, controller, mosquitto.port)
-    try:
-        yield controller, agent
-    finally:
-        agent.kill()
-        agent.notify.close()
-        controller.close()
+    with one_agent(tmp_path, mosquitto.port, f"edge-crash-{request.node.callspec.id}") as pair:
+        yield pair
 
 
 def accepted_version(agent: AgentProcess) -> int:

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from controller.sample_models import SampleModel
 from tests.agent.trees import raspberry_pi_5
-from tests.daemon.fleet import AgentProcess, ControllerSide, wait_for
+from tests.daemon.fleet import AgentProcess, ControllerSide, one_agent, wait_for
 
 HEAVY = ("numpy", "onnxruntime", "openvino", "aiohttp")
 UPDATE = ["assignment_received", "download_started", "gate_passed", "activated", "probation_passed", "committed"]
@@ -25,14 +25,8 @@ UPDATE = ["assignment_received", "download_started", "gate_passed", "activated",
 
 @pytest.fixture
 def fleet(tmp_path: Path, mosquitto: Any, request: pytest.FixtureRequest) -> Iterator[tuple[ControllerSide, AgentProcess]]:
-    controller = ControllerSide(tmp_path, mosquitto.port, f"edge-{request.node.name[5:20].replace('_', '-')}")
-    agent = AgentProcess(tmp_path, controller, mosquitto.port)
-    try:
-        yield controller, agent
-    finally:
-        agent.kill()
-        agent.notify.close()
-        controller.close()
+    with one_agent(tmp_path, mosquitto.port, f"edge-{request.node.name[5:20].replace('_', '-')}") as pair:
+        yield pair
 
 
 def outcome(controller: ControllerSide, agent: AgentProcess, version: int, timeout_s: float = 120.0) -> str:

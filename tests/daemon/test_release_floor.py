@@ -11,19 +11,13 @@ from typing import Any
 import pytest
 
 from controller.sample_models import SampleModel
-from tests.daemon.fleet import AgentProcess, ControllerSide, wait_for
+from tests.daemon.fleet import AgentProcess, ControllerSide, one_agent, wait_for
 
 
 @pytest.fixture
 def fleet(tmp_path: Path, mosquitto: Any) -> Iterator[tuple[ControllerSide, AgentProcess]]:
-    controller = ControllerSide(tmp_path, mosquitto.port, "edge-floor")
-    agent = AgentProcess(tmp_path, controller, mosquitto.port)
-    try:
-        yield controller, agent
-    finally:
-        agent.kill()
-        agent.notify.close()
-        controller.close()
+    with one_agent(tmp_path, mosquitto.port, "edge-floor") as pair:
+        yield pair
 
 
 def test_signed_floor_refuses_the_blocked_release(fleet: tuple[ControllerSide, AgentProcess],
