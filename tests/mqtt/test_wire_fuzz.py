@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import string
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -25,10 +24,10 @@ from agent import wire
 from manifests import assignment as A
 from manifests import canonical
 from manifests.errors import TrustError
+from tests.manifests.assignments import sample
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 STREAM = "0123456789abcdef"
-T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
 
 _FIELD_NAMES = [
     "schema", "kind", "device_id", "stream", "seq", "sent_at", "state", "active", "assignment_version",
@@ -62,18 +61,7 @@ def _valid_wire_bodies() -> list[dict[str, Any]]:
 
 
 def _valid_assignment_body() -> dict[str, Any]:
-    a = A.Assignment(
-        device_id="edge-001",
-        version=3,
-        issued_at=T0,
-        expires_at=T0 + timedelta(days=1),
-        release=A.ReleaseRef("digits", "2"),
-        targets=(A.TargetPin("models/digits/2/ort-fp32.onnx", 1234, "ab" * 32),),
-        gate=A.GatePolicy(min_accuracy=0.9, max_latency_p95_ms=12.5),
-        probation=A.ProbationPolicy(window_s=60.0),
-        capture=A.CapturePolicy(enabled=True, random_rate=0.01, max_samples_per_hour=100),
-        rollout_id="r-7",
-    )
+    a = sample()
     body: dict[str, Any] = json.loads(A.encode(a))
     return body
 
