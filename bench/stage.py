@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.slots import FileSlotStore  # noqa: E402
-from agent.staging import Stager, StagingConfig  # noqa: E402
+from agent.staging import Stager, StagingConfig, affinity  # noqa: E402
 from agent.staging.diskio import DIRECT_ALIGN, open_direct, start_writeback  # noqa: E402
 from manifests.verify import SignedTarget  # noqa: E402
 
@@ -130,9 +130,9 @@ class Url:
         return self.url
 
 
-def stage(url: str, target: SignedTarget, folder: Path) -> float:
+def stage(url: str, target: SignedTarget, folder: Path, pin: bool) -> float:
     root = folder / "device"
-    stager = Stager(root / "staging", FileSlotStore(root), config=StagingConfig(reserve_bytes=0))
+    stager = Stager(root / "staging", FileSlotStore(root), config=StagingConfig(reserve_bytes=0, pin_threads=pin))
     t = time.perf_counter()
     result = stager.stage(target, Url(url))
     elapsed = time.perf_counter() - t
@@ -147,6 +147,7 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="staging disk (default: a temp folder)")
+    parser.add_argument("--no-pin", action="store_true", help="leave the stager's threads unpinned (pin_threads=False)")
     args = parser.parse_args()
     size = (512 if args.quick else args.size_mb) * 1_000_000
     rounds = 3 if args.quick else args.rounds
@@ -165,14 +166,17 @@ def main() -> int:
             view = memoryview(data)
             times: dict[str, list[float]] = {k: [] for k in ("hash", "write_fsync", "download", "naive", "stage",
                                                              "write_buffered", "write_direct")}
-            print(f"staging {size / 1e6:.0f} MB over loopback HTTP into {folder}, {rounds} rounds")
+            split = None if args.no_pin else affinity.plan()
+            print(f"staging {size / 1e6:.0f} MB over loopback HTTP into {folder}, {rounds} rounds; "
+                  + (f"hash on CPU {sorted(split.hash_cpus)}, receive/write on {sorted(split.io_cpus)}" if split
+                     else "threads unpinned"))
             steps: list[tuple[str, Callable[[], float]]] = [
                 ("hash", lambda: raw_hash(view)),
                 ("write_buffered", lambda: raw_write(view, folder, direct=False)),
                 ("write_direct", lambda: raw_write(view, folder, direct=True)),
                 ("download", lambda: raw_download(url)),
                 ("naive", lambda: naive(url, folder)),
-                ("stage", lambda: stage(url, target, folder)),
+                ("stage", lambda: stage(url, target, folder, not args.no_pin)),
             ]
             for r in range(rounds):
                 # Each round starts one step later: what a step leaves behind (the naive loop's gigabyte of
@@ -204,6 +208,7 @@ def main() -> int:
         "ratio_vs_hash": round(figures["stage"] / figures["hash"], 3),
         "ratio_vs_best_limit": round(figures["stage"] / best_limit, 3),
         "best_limit_mb_s": round(best_limit, 1),
+        "hash_cpus": sorted(split.hash_cpus) if split else None,
         "size_mb": round(size / 1e6),
         "rounds": rounds,
     }

@@ -9,8 +9,9 @@ The signed target is the only authority on length and hash. The stager:
   over when a server answers 200 instead of 206;
 - reads at most `length + 1` bytes in total, so endless data stops one byte past the signed length;
 - hashes and writes on two worker threads while the calling thread receives, so socket, hash and
-  disk overlap, and writes aligned chunks with direct I/O (no page-cache copy) (a download-then-hash-then-write loop runs at the sum of the three costs, this at the
-  slowest one when the cores are free);
+  disk overlap (a download-then-hash-then-write loop runs at the sum of the three costs, this at the
+  slowest one when the cores are free); aligned chunks go to disk with direct I/O (no page-cache
+  copy), and the hash thread gets a CPU of its own for the length of the download (`affinity`);
 - enforces an overall deadline and a minimum average speed after a grace period (slow retrieval);
 - keeps at most one partial file: others are removed before a new download starts.
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.slots import SlotStore
+from agent.staging import affinity
 from agent.staging.diskio import DIRECT_ALIGN, BufferRing, PartWriter
 from agent.staging.errors import (
     DiskSpaceError,
@@ -59,6 +61,7 @@ class StagingConfig:
     buffers: int = 4  # buffers in the ring: one being received, the rest being hashed and written
     direct_io: bool = True  # aligned chunks skip the page cache (O_DIRECT) where the filesystem allows
     early_writeback: bool = True  # sync_file_range after each buffered slice (Linux): a short final fsync
+    pin_threads: bool = True  # hash thread on a CPU of its own, receive/write on the others (`affinity`)
     deadline_s: float = 3600.0
     min_speed_bytes_per_s: float = 16 * 1024
     min_speed_grace_s: float = 10.0
@@ -238,7 +241,8 @@ class Stager:
         workers at once and reused when both are done with it: no per-chunk allocation and few Python
         steps per megabyte. The write worker sends aligned buffers straight to the disk (direct I/O)
         and starts writeback of anything it writes through the page cache, so the final fsync has
-        little left to do (`diskio`).
+        little left to do (`diskio`). With two or more CPUs the hash worker is pinned to one of them
+        and the receiving and writing threads to the others, until the download ends (`affinity`).
         """
         cfg = self.config
         ring = BufferRing(max(2, cfg.buffers), cfg.chunk_bytes)
@@ -266,53 +270,59 @@ class Stager:
                 finally:
                     ring.release(index)
 
-        workers = [threading.Thread(target=hash_worker, name="stager-hash", daemon=True),
-                   threading.Thread(target=write_worker, name="stager-write", daemon=True)]
+        split = affinity.plan() if cfg.pin_threads else None
+        hash_cpus = split.hash_cpus if split else None
+        io_cpus = split.io_cpus if split else None
+        workers = [
+            threading.Thread(target=affinity.pinning_target(hash_worker, hash_cpus), name="stager-hash", daemon=True),
+            threading.Thread(target=affinity.pinning_target(write_worker, io_cpus), name="stager-write", daemon=True),
+        ]
         for worker in workers:
             worker.start()
-        position = offset
-        received = 0
-        started = self.monotonic()
-        ended = False
-        broken: TransferError | None = None
-        try:
-            while not ended and broken is None and not failure:
-                index = ring.acquire()
-                buffer = ring.views[index]
-                filled = 0
-                while filled < len(buffer):
-                    # Never ask for more than one byte past the signed length: endless data stops here.
-                    want = min(len(buffer) - filled, target.length - position - filled + 1)
-                    try:
-                        n = src.readinto(buffer[filled:filled + want])
-                    except TransferError as e:
-                        # What arrived before the break is still written, so a resume starts after it.
-                        broken = e
-                        break
-                    if n == 0:
-                        ended = True
-                        break
-                    filled += n
-                    if position + filled > target.length:
+        with affinity.pinned(io_cpus):  # the receiving thread gets its own affinity back afterwards
+            position = offset
+            received = 0
+            started = self.monotonic()
+            ended = False
+            broken: TransferError | None = None
+            try:
+                while not ended and broken is None and not failure:
+                    index = ring.acquire()
+                    buffer = ring.views[index]
+                    filled = 0
+                    while filled < len(buffer):
+                        # Never ask for more than one byte past the signed length: endless data stops here.
+                        want = min(len(buffer) - filled, target.length - position - filled + 1)
+                        try:
+                            n = src.readinto(buffer[filled:filled + want])
+                        except TransferError as e:
+                            # What arrived before the break is still written, so a resume starts after it.
+                            broken = e
+                            break
+                        if n == 0:
+                            ended = True
+                            break
+                        filled += n
+                        if position + filled > target.length:
+                            ring.release(index, both=True)
+                            raise IntegrityError(
+                                f"{target.name}: source sent more than the signed {target.length} bytes")
+                        self._check_pace(target, position + filled, received + filled, started, deadline)
+                    if filled == 0:
                         ring.release(index, both=True)
-                        raise IntegrityError(
-                            f"{target.name}: source sent more than the signed {target.length} bytes")
-                    self._check_pace(target, position + filled, received + filled, started, deadline)
-                if filled == 0:
-                    ring.release(index, both=True)
-                    continue
-                hash_queue.put((index, filled))
-                write_queue.put((index, filled))
-                position += filled
-                received += filled
-                if progress is not None:
-                    progress(position, target.length)
-        finally:
-            hash_queue.put(None)
-            write_queue.put(None)
-            for worker in workers:
-                worker.join()
-            writer.close()
+                        continue
+                    hash_queue.put((index, filled))
+                    write_queue.put((index, filled))
+                    position += filled
+                    received += filled
+                    if progress is not None:
+                        progress(position, target.length)
+            finally:
+                hash_queue.put(None)
+                write_queue.put(None)
+                for worker in workers:
+                    worker.join()
+                writer.close()
         if failure:
             raise failure[0]
         if broken is not None:
