@@ -1,12 +1,14 @@
 """`edgefleet rollout`: create, watch and steer staged rollouts over the REST API.
 
     edgefleet rollout create ID --model M --version V --tag lab --waves 1,10%,50%,100% [--soak-s 600]
+        [--device-policies '{"probation": {"window_s": 3600, "max_confidence_drop": 0.05}}']
     edgefleet rollout list | status ID [--watch]           read commands take --json
     edgefleet rollout pause | resume | abort | rollback ID [--reason TEXT]
 
 `--waves` lists cumulative targets: a plain number is a device count, `N%` a share of the targeted
 devices. User errors (unknown rollout, bad wave list, refused action) print one line and exit 2; the
-controller's answer is never dumped as a traceback.
+controller's answer is never dumped as a traceback. `--device-policies` overrides what the rollout's
+assignments are signed with; the controller checks it field by field and names a bad one.
 """
 
 from __future__ import annotations
@@ -67,6 +69,17 @@ def parse_waves(text: str, soak_s: float) -> list[dict[str, Any]]:
     return waves
 
 
+def parse_device_policies(text: str) -> dict[str, Any]:
+    """The --device-policies JSON object; its fields are the controller's to judge."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise _fail(f"--device-policies is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise _fail("--device-policies must be a JSON object like {\"probation\": {\"window_s\": 3600}}")
+    return value
+
+
 @app.command("create")
 def create(
     rollout_id: Annotated[str, typer.Argument(help="A name for the rollout, e.g. digits-2-lab.")],
@@ -82,18 +95,23 @@ def create(
     rollback: Annotated[bool, typer.Option(
         "--rollback", help="A fleet rollback to a release these devices already ran (waives the accuracy-drop check)."
     )] = False,
+    device_policies: Annotated[str | None, typer.Option(
+        help='Device-policy overrides as JSON, e.g. \'{"probation": {"window_s": 3600}}\' (gate, probation, capture).'
+    )] = None,
     url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Start a rollout of one release to the targeted devices."""
     if not (tag or hardware_class or device):
         raise _fail("say which devices: --tag, --hardware-class and/or --device")
-    body = {
+    body: dict[str, Any] = {
         "id": rollout_id, "release": {"model": model, "version": version},
         "selector": {"tags": tag or [], "hardware_classes": hardware_class or [], "device_ids": device or []},
         "waves": parse_waves(waves, soak_s),
         "policy": {"max_failure_ratio": max_failure_ratio, "auto_rollback": auto_rollback},
         "rollback": rollback,
     }
+    if device_policies is not None:
+        body["device_policies"] = parse_device_policies(device_policies)
     answer = _call(url, token, "POST", "/api/v1/rollouts", json_body=body)
     if as_json:
         print(json.dumps(answer, indent=2))

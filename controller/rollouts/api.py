@@ -8,7 +8,7 @@ history is the audit log (`GET /api/v1/rollouts/{id}/history`).
 
 | method | path                              | role     | what                                       |
 |--------|-----------------------------------|----------|--------------------------------------------|
-| POST   | /api/v1/rollouts                  | operator | create (devices planned into waves); 422 below the release floor |
+| POST   | /api/v1/rollouts                  | operator | create (devices planned into waves); 422 below the release floor or on a bad device policy |
 | GET    | /api/v1/rollouts                  | viewer   | list, newest first, optional `state` filter |
 | GET    | /api/v1/rollouts/{id}             | viewer   | waves, device progress with reasons, history |
 | GET    | /api/v1/rollouts/{id}/history     | viewer   | who did what, when, and why                 |
@@ -27,6 +27,7 @@ from controller.api.deps import Context
 from controller.api.errors import AUTH_ERRORS, error_responses
 from controller.auth import OperatorPrincipal, ViewerPrincipal
 from controller.errors import Conflict, InvalidInput, NotFound, Unavailable
+from controller.rollouts import device_policies
 from controller.rollouts.codec import release_to_json
 from controller.rollouts.engine import RolloutEngine
 from controller.rollouts.errors import InvalidCommand, PlanError, RolloutError, RolloutNotFound, StaleRecord
@@ -80,6 +81,7 @@ class RolloutIn(BaseModel):
         "waves": [{"count": 1, "soak_s": 300}, {"percent": 10, "soak_s": 600}, {"percent": 50},
                   {"percent": 100}],
         "policy": {"max_failure_ratio": 0.05, "max_latency_regression_ratio": 1.5, "auto_rollback": True},
+        "device_policies": {"probation": {"window_s": 3600, "max_confidence_drop": 0.05}},
     }]})
     id: str = Field(pattern=_NAME)
     release: ReleaseIn
@@ -90,6 +92,9 @@ class RolloutIn(BaseModel):
     # A fleet rollback to a release the fleet already ran: its assignments waive the device gate's
     # accuracy-drop check against the current model (422 if no device ever ran the release).
     rollback: bool = False
+    # Overrides of the signed device policies, e.g. {"probation": {"window_s": 3600}}; checked field by
+    # field with the devices' own reader (`controller.rollouts.device_policies`), 422 naming the field.
+    device_policies: dict[str, Any] | None = None
 
 
 class ActionIn(BaseModel):
@@ -126,6 +131,7 @@ def create_rollout(body: RolloutIn, ctx: Context, who: OperatorPrincipal) -> dic
             rollback_release=(ReleaseRef(body.rollback_release.model, body.rollback_release.version)
                               if body.rollback_release else None),
             rollback=body.rollback,
+            device_policies=device_policies.parse(body.device_policies),
         )
         record = _engine(ctx).create(body.id, spec, who.name)
     except StaleRecord as e:
@@ -200,6 +206,7 @@ def detail(record: RolloutRecord) -> dict[str, Any]:
         "selector": {"tags": sorted(selector.tags), "hardware_classes": sorted(selector.hardware_classes),
                      "device_ids": sorted(selector.device_ids)},
         "policy": {k: getattr(record.spec.policy, k) for k in HealthPolicy.__dataclass_fields__},
+        "device_policies": record.spec.device_policies.to_json(),
         "wave_started_at": record.wave_started_at, "soak_started_at": record.soak_started_at,
         "waves_detail": waves,
         "device_progress": [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.rollouts import device_policies
 from controller.rollouts.errors import PlanError
 from controller.rollouts.plan import HealthPolicy, RolloutSpec, Selector, WaveSpec
 from controller.rollouts.records import DeviceProgress, RolloutRecord, RolloutState, Transition
@@ -31,7 +32,8 @@ def release_from_json(raw: Any) -> ReleaseRef | None:
 
 
 def spec_to_json(spec: RolloutSpec) -> dict[str, Any]:
-    return {
+    """`device_policies` only when set: a rollout without overrides keeps the form older controllers wrote."""
+    out = {
         "release": release_to_json(spec.release),
         "rollback_release": release_to_json(spec.rollback_release),
         "rollback": spec.rollback,
@@ -43,6 +45,9 @@ def spec_to_json(spec: RolloutSpec) -> dict[str, Any]:
         "waves": [{"count": w.count, "percent": w.percent, "soak_s": w.soak_s} for w in spec.waves],
         "policy": {name: getattr(spec.policy, name) for name in _POLICY_FIELDS},
     }
+    if spec.device_policies:
+        out["device_policies"] = spec.device_policies.to_json()
+    return out
 
 
 def spec_from_json(raw: dict[str, Any]) -> RolloutSpec:
@@ -61,6 +66,7 @@ def spec_from_json(raw: dict[str, Any]) -> RolloutSpec:
             ),
             waves=tuple(WaveSpec(**w) for w in raw["waves"]),
             policy=HealthPolicy(**raw.get("policy", {})),
+            device_policies=device_policies.parse(raw.get("device_policies")),
         )
     except (KeyError, TypeError, AssertionError) as e:
         raise PlanError(f"invalid rollout spec: {e}") from e

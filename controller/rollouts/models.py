@@ -33,6 +33,9 @@ class RolloutRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     revision: Mapped[int] = mapped_column(Integer)
     record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The operator's device-policy overrides (`device_policies.PolicyOverrides.to_json`), kept out of
+    # `record` so signing reads one small column per assignment; NULL: none, the rollout signs defaults.
+    device_policies: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class AssignmentRow(Base):

@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from controller.rollouts.device_policies import PolicyOverrides
 from controller.rollouts.errors import PlanError
 from manifests.assignment import ReleaseRef
 
@@ -126,12 +127,17 @@ class RolloutSpec:
     # A fleet rollback: `release` is one the fleet already ran (checked at creation), so its
     # assignments waive the gate's accuracy drop against the (more accurate) model devices run now.
     rollback: bool = False
+    # What the operator set on top of the fleet's and the release's device policies (device_policies.py).
+    device_policies: PolicyOverrides = field(default_factory=PolicyOverrides)
 
     def __post_init__(self) -> None:
         if not self.waves:
             raise PlanError("a rollout needs at least one wave")
         if len(self.waves) > 20:
             raise PlanError(f"at most 20 waves, got {len(self.waves)}")
+        if self.rollback and "max_accuracy_drop" in self.device_policies.gate:
+            raise PlanError("device_policies.gate.max_accuracy_drop cannot be set on a fleet rollback: "
+                            "its assignments waive the accuracy-drop check")
 
 
 def order_devices(rollout_id: str, devices: Iterable[DeviceInfo]) -> list[DeviceInfo]:

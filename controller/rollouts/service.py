@@ -25,9 +25,11 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from agent import wire
 from controller.db.models import Device, ModelRelease
+from controller.rollouts import device_policies
 from controller.rollouts.assigner import AssignmentPolicies, DirectorAssigner
 from controller.rollouts.engine import RolloutEngine
 from controller.rollouts.errors import RolloutError
+from controller.rollouts.models import RolloutRow
 from controller.rollouts.plan import DeviceInfo, RolloutSpec, Selector
 from controller.rollouts.sql import PgRolloutLeases, SqlAssignmentLedger, SqlRolloutStore
 from manifests.assignment import ReleaseRef, TargetPin
@@ -122,7 +124,19 @@ def release_targets(session_factory: sessionmaker[Session]) -> Callable[[Release
 def release_policies(
     session_factory: sessionmaker[Session], defaults: AssignmentPolicies | None = None
 ) -> Callable[[ReleaseRef, str | None], AssignmentPolicies]:
-    """`policies_for`: the release's own accuracy floor (set at upload) on top of the fleet defaults."""
+    """`policies_for`: fleet defaults, then the release's accuracy floor, then the rollout's overrides.
+
+    The order runs from general to specific: the defaults hold for every device, the floor is a fact
+    about one release measured at upload, and an override is an operator's explicit decision for this
+    one rollout (a risky model's longer probation, a confidence-drop limit for models whose calibration
+    is known), so the most specific explicit value wins and every field nobody set falls through. A
+    rollout without overrides therefore signs exactly the policies it signed before overrides existed.
+
+    The overrides reach every assignment the rollout signs, its reverts included (the assigner then
+    waives the accuracy-drop check for those as always), with one exception: an overridden
+    `gate.min_accuracy` is a floor for the rollout's own release, so a revert to another release keeps
+    that release's own floor rather than being held to the new model's.
+    """
     base = defaults or AssignmentPolicies()
 
     def policies_for(release: ReleaseRef, rollout_id: str | None) -> AssignmentPolicies:
@@ -132,9 +146,18 @@ def release_policies(
                     ModelRelease.name == release.model, ModelRelease.version == release.version
                 )
             )
-        if floor is None:
-            return base
-        return dataclasses.replace(base, gate=dataclasses.replace(base.gate, min_accuracy=floor))
+            rollout = None if rollout_id is None else session.execute(
+                select(RolloutRow.device_policies, RolloutRow.release_model, RolloutRow.release_version)
+                .where(RolloutRow.id == rollout_id)
+            ).one_or_none()
+        policies = base
+        if floor is not None:
+            policies = dataclasses.replace(base, gate=dataclasses.replace(base.gate, min_accuracy=floor))
+        if rollout is None or rollout.device_policies is None:
+            return policies
+        overrides = device_policies.parse(rollout.device_policies)
+        own_release = ReleaseRef(rollout.release_model, rollout.release_version) == release
+        return overrides.apply(policies, own_release=own_release)
 
     return policies_for
 

@@ -7,6 +7,10 @@ Same contracts as the file implementations (`store.FileRolloutStore`, `assigner.
   are kept from overwriting each other without holding locks across a step.
 - `SqlAssignmentLedger.record` inserts or raises the version in one transaction and refuses a version
   that is not above the stored one; it commits before the caller publishes.
+
+A rollout's device-policy overrides live in their own column (`RolloutRow.device_policies`), not in the
+record JSON: the director reads them for every assignment it signs (`service.release_policies`), and a
+rollout without overrides leaves the column NULL and its record exactly as before.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import threading
 from dataclasses import replace
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import Connection, Engine, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -43,11 +48,12 @@ class SqlRolloutStore:
     def create(self, record: RolloutRecord) -> RolloutRecord:
         _check_id(record.rollout_id)
         stored = _with_revision(record, 1)
+        body, overrides = _split(stored)
         row = RolloutRow(
             id=record.rollout_id, state=record.state.value, release_model=record.spec.release.model,
             release_version=record.spec.release.version, created_by=record.created_by,
             created_at=_utc(record.created_at), updated_at=_utc(record.created_at), revision=1,
-            record=record_to_json(stored),
+            record=body, device_policies=overrides,
         )
         with self._sessions() as session:
             session.add(row)
@@ -62,15 +68,17 @@ class SqlRolloutStore:
             row = session.get(RolloutRow, rollout_id)
             if row is None:
                 raise RolloutNotFound(f"no rollout {rollout_id!r}")
-            return record_from_json(row.record)
+            return _join(row.record, row.device_policies)
 
     def save(self, record: RolloutRecord) -> RolloutRecord:
         stored = _with_revision(record, record.revision + 1)
+        body, overrides = _split(stored)
         with self._sessions() as session:
             result = session.execute(
                 update(RolloutRow)
                 .where(RolloutRow.id == record.rollout_id, RolloutRow.revision == record.revision)
-                .values(state=record.state.value, revision=stored.revision, record=record_to_json(stored),
+                .values(state=record.state.value, revision=stored.revision, record=body,
+                        device_policies=overrides,
                         updated_at=datetime.now(timezone.utc))
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -172,3 +180,15 @@ class PgRolloutLeases:
 
 def _with_revision(record: RolloutRecord, revision: int) -> RolloutRecord:
     return replace(record, revision=revision)
+
+
+def _split(record: RolloutRecord) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The record JSON without the overrides, and the overrides (None when the operator set none)."""
+    body = record_to_json(record)
+    return body, body["spec"].pop("device_policies", None)
+
+
+def _join(body: dict[str, Any], overrides: dict[str, Any] | None) -> RolloutRecord:
+    if overrides is None:
+        return record_from_json(body)
+    return record_from_json({**body, "spec": {**body["spec"], "device_policies": overrides}})
