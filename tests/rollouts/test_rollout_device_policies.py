@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import typer
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect, insert, select
+from sqlalchemy import insert, inspect, select
 
 from controller.app import create_app
 from controller.auth import create_api_token
@@ -178,7 +178,7 @@ def test_migration_0006_keeps_existing_rollouts_signing_defaults(db_url: str) ->
         columns = {"id": "r1", "state": record.state.value, "release_model": NEW.model,
                    "release_version": NEW.version, "created_by": "alice", "revision": 1, "record": body}
         with engine.begin() as connection:
-            connection.execute(insert(RolloutRow.__table__).values(**columns))
+            connection.execute(insert(RolloutRow).values(**columns))
         migrate.upgrade(engine)
         assert migrate.current_revision(engine) == "0006_rollout_device_policies"
         sessions = make_session_factory(engine)
