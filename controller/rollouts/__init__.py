@@ -6,8 +6,9 @@
                  fleet  ─▶ machine.tick ────────┴▶ store.save ─▶ Assigner.assign (signed, retained)
 ```
 
-`plan` (what a rollout is), `device_policies` (its overrides of the signed device policies), `signals` (device outcomes, wave verdicts), `records` + `machine` (the
-persisted state machine), `codec` (JSON), `store` (persistence port), `engine` (the driver).
+`plan` (what a rollout is), `device_policies` (its overrides of the signed device policies), `signals`
+(device outcomes, wave verdicts), `records` + `machine` (the persisted state machine), `codec` (JSON),
+`store` (persistence port), `engine` (the driver).
 Errors: see `controller.rollouts.errors`.
 """
 
