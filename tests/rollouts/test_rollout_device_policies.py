@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from controller.cli_rollout import parse_device_policies
 from controller.db import migrate
 from controller.db.base import make_engine, make_session_factory
 from controller.db.models import ModelRelease
-from controller.rollouts import RolloutEngine
+from controller.rollouts import FileRolloutStore, RolloutEngine, device_policies
 from controller.rollouts.assigner import AssignmentPolicies, DirectorAssigner
 from controller.rollouts.codec import record_to_json
 from controller.rollouts.models import RolloutRow
@@ -200,3 +201,13 @@ def test_cli_passes_the_overrides_as_a_json_object() -> None:
     for bad in ("{probation", "[1, 2]"):
         with pytest.raises(typer.Exit):
             parse_device_policies(bad)
+
+
+def test_file_store_keeps_the_overrides_in_the_record(tmp_path: Path) -> None:
+    overrides = device_policies.parse(OVERRIDES)
+    record = new_rollout("r1", replace(spec(), device_policies=overrides), list(fleet_of(3).values()), 1000.0, "al")
+    store = FileRolloutStore(tmp_path / "rollouts")
+    store.create(record)
+    assert store.load("r1").spec.device_policies == overrides
+    assert record_to_json(new_rollout("r2", spec(), list(fleet_of(3).values()), 1000.0, "al"))["spec"].keys() == {
+        "release", "rollback_release", "rollback", "selector", "waves", "policy"}  # the form without overrides
