@@ -230,8 +230,12 @@ def _ident(value: object, where: str) -> str:
     return value
 
 
-def _policy(cls: type[Any], value: object, where: str) -> Any:
-    """Read a policy object field by field, typed by the dataclass annotations ("float | None", "int", ...)."""
+def read_policy(cls: type[Any], value: object, where: str) -> Any:
+    """Read a policy object field by field, typed by the dataclass annotations ("float | None", "int", ...).
+
+    Public because the controller checks operators' policy overrides with it: what it accepts there is
+    exactly what agents accept once signed. Raises TrustError(MALFORMED) naming `where.<field>`.
+    """
     types = {f.name: str(f.type) for f in fields(cls)}
     raw = _obj(value, where, set(types), set())
     defaults = cls()
@@ -317,8 +321,8 @@ def from_dict(raw: object) -> Assignment:
         expires_at=expires_at,
         release=release,
         targets=tuple(pins),
-        gate=_policy(GatePolicy, body.get("gate", {}), "gate"),
-        probation=_policy(ProbationPolicy, body.get("probation", {}), "probation"),
-        capture=_policy(CapturePolicy, body.get("capture", {}), "capture"),
+        gate=read_policy(GatePolicy, body.get("gate", {}), "gate"),
+        probation=read_policy(ProbationPolicy, body.get("probation", {}), "probation"),
+        capture=read_policy(CapturePolicy, body.get("capture", {}), "capture"),
         rollout_id=rollout_id,
     )

@@ -10,7 +10,7 @@ series names and markers come from device reports and model names.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -64,6 +64,40 @@ def _frame(title: str, y_label: str) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class _Plot:
+    """Data bounds mapped onto the plot area left of the legend; both charts share the grid and ticks."""
+
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    height_px: float
+
+    @property
+    def width_px(self) -> float:
+        return WIDTH_PX - MARGIN_LEFT_PX - MARGIN_RIGHT_PX
+
+    def px(self, x: float) -> float:
+        return MARGIN_LEFT_PX + (x - self.x0) / (self.x1 - self.x0) * self.width_px
+
+    def py(self, y: float) -> float:
+        return MARGIN_Y_PX + (1 - (y - self.y0) / (self.y1 - self.y0)) * self.height_px
+
+    def y_grid(self, label: Callable[[float], str]) -> list[str]:
+        out = []
+        for tick in _ticks(self.y0, self.y1):
+            y = self.py(tick)
+            out.append(f'<line x1="{MARGIN_LEFT_PX}" x2="{MARGIN_LEFT_PX + self.width_px}" y1="{y:.1f}" '
+                       f'y2="{y:.1f}" class="grid"/>')
+            out.append(f'<text x="{MARGIN_LEFT_PX - 6}" y="{y + 4:.1f}" text-anchor="end" '
+                       f'class="tick">{label(tick)}</text>')
+        return out
+
+    def legend_y(self, index: int) -> int:
+        return MARGIN_Y_PX + 14 + index * 18
+
+
 def empty_chart(title: str, message: str) -> str:
     return (f'<svg class="chart empty" viewBox="0 0 {WIDTH_PX} 80" role="img" aria-label="{escape(title)}" '
             f'xmlns="http://www.w3.org/2000/svg"><text x="{WIDTH_PX // 2}" y="44" text-anchor="middle" '
@@ -81,22 +115,10 @@ def line_chart(title: str, series: Sequence[Series], markers: Sequence[Marker] =
     if math.isclose(x0, x1):
         x0, x1 = x0 - 1, x1 + 1
     y0, y1 = _bounds([0.0, *ys])
-    y0 = max(y0, 0.0)
-    plot_w = WIDTH_PX - MARGIN_LEFT_PX - MARGIN_RIGHT_PX
-    plot_h = HEIGHT_PX - 2 * MARGIN_Y_PX
-
-    def px(x: float) -> float:
-        return MARGIN_LEFT_PX + (x - x0) / (x1 - x0) * plot_w
-
-    def py(y: float) -> float:
-        return MARGIN_Y_PX + (1 - (y - y0) / (y1 - y0)) * plot_h
-
+    plot = _Plot(x0, x1, max(y0, 0.0), y1, HEIGHT_PX - 2 * MARGIN_Y_PX)
+    px, py, plot_w, plot_h = plot.px, plot.py, plot.width_px, plot.height_px
     out = _frame(title, y_label)
-    for tick in _ticks(y0, y1):
-        out.append(f'<line x1="{MARGIN_LEFT_PX}" x2="{MARGIN_LEFT_PX + plot_w}" y1="{py(tick):.1f}" '
-                   f'y2="{py(tick):.1f}" class="grid"/>')
-        out.append(f'<text x="{MARGIN_LEFT_PX - 6}" y="{py(tick) + 4:.1f}" text-anchor="end" '
-                   f'class="tick">{_fmt(tick)}</text>')
+    out += plot.y_grid(_fmt)
     for marker in markers:
         x = px(marker.x)
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{MARGIN_Y_PX}" y2="{MARGIN_Y_PX + plot_h}" '
@@ -111,7 +133,7 @@ def line_chart(title: str, series: Sequence[Series], markers: Sequence[Marker] =
                    f'data-series="{escape(s.name)}"/>')
         for x, y in s.points:
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{color}"/>')
-        ly = MARGIN_Y_PX + 14 + index * 18
+        ly = plot.legend_y(index)
         out.append(f'<rect x="{WIDTH_PX - MARGIN_RIGHT_PX + 14}" y="{ly - 9}" width="12" height="4" '
                    f'fill="{color}"/>')
         out.append(f'<text x="{WIDTH_PX - MARGIN_RIGHT_PX + 32}" y="{ly - 3}" class="legend">'
@@ -132,24 +154,12 @@ def scatter_chart(title: str, groups: Sequence[Series], *, x_label: str = "laten
     if not xs:
         return empty_chart(title, "no measured variants yet")
     x0, x1 = _bounds([0.0, *xs])
-    x0 = max(x0, 0.0)
     y0, y1 = _bounds(ys, pad_ratio=0.25)
-    plot_w = WIDTH_PX - MARGIN_LEFT_PX - MARGIN_RIGHT_PX
-    plot_h = HEIGHT_PX - 2 * MARGIN_Y_PX - 10
-
-    def px(x: float) -> float:
-        return MARGIN_LEFT_PX + (x - x0) / (x1 - x0) * plot_w
-
-    def py(y: float) -> float:
-        return MARGIN_Y_PX + (1 - (y - y0) / (y1 - y0)) * plot_h
-
+    plot = _Plot(max(x0, 0.0), x1, y0, y1, HEIGHT_PX - 2 * MARGIN_Y_PX - 10)
+    px, py, plot_w, plot_h = plot.px, plot.py, plot.width_px, plot.height_px
     out = _frame(title, y_label)
-    for tick in _ticks(y0, y1):
-        out.append(f'<line x1="{MARGIN_LEFT_PX}" x2="{MARGIN_LEFT_PX + plot_w}" y1="{py(tick):.1f}" '
-                   f'y2="{py(tick):.1f}" class="grid"/>')
-        out.append(f'<text x="{MARGIN_LEFT_PX - 6}" y="{py(tick) + 4:.1f}" text-anchor="end" '
-                   f'class="tick">{tick:.3f}</text>')
-    for tick in _ticks(x0, x1):
+    out += plot.y_grid(lambda tick: f"{tick:.3f}")
+    for tick in _ticks(plot.x0, plot.x1):
         out.append(f'<text x="{px(tick):.1f}" y="{MARGIN_Y_PX + plot_h + 16}" text-anchor="middle" '
                    f'class="tick">{_fmt(tick)}</text>')
     out.append(f'<text x="{MARGIN_LEFT_PX + plot_w / 2:.0f}" y="{HEIGHT_PX - 4}" text-anchor="middle" '
@@ -166,7 +176,7 @@ def scatter_chart(title: str, groups: Sequence[Series], *, x_label: str = "laten
             if label:
                 out.append(f'<text x="{px(x) + 7:.1f}" y="{py(y) - 6:.1f}" class="point-label">'
                            f'{escape(label)}</text>')
-        ly = MARGIN_Y_PX + 14 + index * 18
+        ly = plot.legend_y(index)
         out.append(f'<circle cx="{WIDTH_PX - MARGIN_RIGHT_PX + 20}" cy="{ly - 7}" r="5" fill="{color}"/>')
         out.append(f'<text x="{WIDTH_PX - MARGIN_RIGHT_PX + 32}" y="{ly - 3}" class="legend">'
                    f'{escape(g.name[:LEGEND_CHARS])}</text>')

@@ -23,8 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from controller.rollouts.errors import PlanError
-from manifests.assignment import CapturePolicy, GatePolicy, ProbationPolicy
-from manifests.assignment import _policy as read_signed_policy
+from manifests.assignment import CapturePolicy, GatePolicy, ProbationPolicy, read_policy
 from manifests.errors import TrustError
 
 if TYPE_CHECKING:
@@ -92,7 +91,7 @@ def parse(raw: object) -> PolicyOverrides:
     for section, cls in SECTIONS.items():
         given = raw.get(section, {})
         try:
-            checked = read_signed_policy(cls, given, f"{WHERE}.{section}")
+            checked = read_policy(cls, given, f"{WHERE}.{section}")
         except TrustError as e:
             raise PlanError(str(e).removeprefix(f"{e.reason.value}: ")) from e
         sections[section] = {name: getattr(checked, name) for name in given}
