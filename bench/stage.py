@@ -6,14 +6,15 @@
     stage = Stager.stage: download + sha256 + write + fsync + rename into the slot store
 
 The server runs in a separate process (its own interpreter) and serves the file the way an artifact
-server does, with sendfile from the page cache, so Python copies no byte on the serving side; the raw
-download and the stager both fetch from that same server. Each
-figure is the median of several rounds, the measurements interleaved round by round (each round
-starting one step later) so background load and what one step leaves behind hit all of them alike. A naive download-then-hash-then-write loop is
-printed for context. The last line is one JSON object (headline: ratio_vs_limit, stage_mb_s,
-limit_mb_s).
+server does, from memory (/dev/shm) with sendfile, so Python copies no byte on the serving side; the
+raw download and the stager both fetch from that same server. Each figure is the median of several
+rounds, the measurements interleaved round by round in a different (seeded) order each round, so
+background load and what one step leaves behind (a freed gigabyte of page cache) fall on every
+measurement alike. A naive download-then-hash-then-write loop runs once after the rounds, for context:
+it allocates and frees a gigabyte, which on a VM slows whichever step follows it. The last line is one
+JSON object (headline: ratio_vs_limit, stage_mb_s, limit_mb_s).
 
-    .venv/bin/python bench/stage.py [--quick] [--size-mb N] [--rounds N] [--dir PATH]
+    .venv/bin/python bench/stage.py [--quick] [--size-mb N] [--rounds N] [--dir PATH] [--no-pin]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import hashlib
 import json
 import mmap
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -62,6 +64,22 @@ s.serve_forever()
 """
 
 
+def memory_folder(size: int) -> Path | None:
+    """/dev/shm when it can hold the served file twice over, else None.
+
+    The server stands for an artifact server with the file hot in memory. Served from the staging
+    disk's page cache, the file can be evicted between rounds (proactive reclaim such as DAMON's
+    `pageout` drops page cache that is read once every few seconds), and then the "download" also
+    reads the disk the stager is writing to. tmpfs pages stay in memory on a machine without swap.
+    """
+    shm = Path("/dev/shm")
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return None
+    return shm if st.f_bavail * st.f_frsize > 2 * size else None
+
+
 def mb_s(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e6
 
@@ -93,8 +111,19 @@ def raw_write(data: memoryview, folder: Path, direct: bool) -> float:
             os.close(direct_fd)
         os.fsync(f.fileno())
     elapsed = time.perf_counter() - t
-    path.unlink()
+    remove(path)
     return elapsed
+
+
+def remove(path: Path) -> None:
+    """Delete a step's gigabyte and let the filesystem finish with it before the next step's clock
+    starts: on ext4 mounted with `discard` the freed blocks are trimmed at the next journal commit,
+    and that device work would otherwise land inside whichever measurement comes next."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    os.sync()
 
 
 def raw_download(url: str) -> float:
@@ -118,7 +147,7 @@ def naive(url: str, folder: Path) -> float:
         os.fsync(f.fileno())
     elapsed = time.perf_counter() - t
     assert digest
-    path.unlink()
+    remove(path)
     return elapsed
 
 
@@ -137,7 +166,7 @@ def stage(url: str, target: SignedTarget, folder: Path, pin: bool) -> float:
     result = stager.stage(target, Url(url))
     elapsed = time.perf_counter() - t
     assert result.path.stat().st_size == target.length
-    shutil.rmtree(root)
+    remove(root)
     return elapsed
 
 
@@ -147,16 +176,20 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="staging disk (default: a temp folder)")
+    parser.add_argument("--source-dir", type=Path, default=None,
+                        help="where the server's file lives (default: /dev/shm when it has room, else --dir)")
     parser.add_argument("--no-pin", action="store_true", help="leave the stager's threads unpinned (pin_threads=False)")
     args = parser.parse_args()
     size = (512 if args.quick else args.size_mb) * 1_000_000
     rounds = 3 if args.quick else args.rounds
-    with tempfile.TemporaryDirectory(prefix="bench-stage-", dir=args.dir) as tmp:
+    source_dir = args.source_dir or memory_folder(size) or args.dir
+    with tempfile.TemporaryDirectory(prefix="bench-stage-", dir=args.dir) as tmp, \
+            tempfile.TemporaryDirectory(prefix="bench-stage-source-", dir=source_dir) as source_tmp:
         folder = Path(tmp)
         data = mmap.mmap(-1, size)  # page-aligned, so the raw direct write needs no copy
         for i in range(0, size, 64 << 20):
             data[i:i + (64 << 20)] = os.urandom(min(64 << 20, size - i))
-        source = folder / "source.bin"
+        source = Path(source_tmp) / "source.bin"
         source.write_bytes(data)
         target = SignedTarget("models/bench/1/blob.bin", size, hashlib.sha256(data).hexdigest(), {})
         server = subprocess.Popen([sys.executable, "-c", SERVER, str(source)], stdout=subprocess.PIPE, text=True)
@@ -167,7 +200,7 @@ def main() -> int:
             times: dict[str, list[float]] = {k: [] for k in ("hash", "write_fsync", "download", "naive", "stage",
                                                              "write_buffered", "write_direct")}
             split = None if args.no_pin else affinity.plan()
-            print(f"staging {size / 1e6:.0f} MB over loopback HTTP into {folder}, {rounds} rounds; "
+            print(f"staging {size / 1e6:.0f} MB over loopback HTTP from {source} into {folder}, {rounds} rounds; "
                   + (f"hash on CPU {sorted(split.hash_cpus)}, receive/write on {sorted(split.io_cpus)}" if split
                      else "threads unpinned"))
             steps: list[tuple[str, Callable[[], float]]] = [
@@ -175,17 +208,17 @@ def main() -> int:
                 ("write_buffered", lambda: raw_write(view, folder, direct=False)),
                 ("write_direct", lambda: raw_write(view, folder, direct=True)),
                 ("download", lambda: raw_download(url)),
-                ("naive", lambda: naive(url, folder)),
                 ("stage", lambda: stage(url, target, folder, not args.no_pin)),
             ]
             for r in range(rounds):
-                # Each round starts one step later: what a step leaves behind (the naive loop's gigabyte of
-                # page cache, say) must not always land on the same measurement.
-                for name, step in steps[r % len(steps):] + steps[:r % len(steps)]:
+                # A new order each round: a step's after-effects must not always land on the same
+                # measurement (rotating one fixed order would keep every step behind the same neighbour).
+                for name, step in random.Random(r).sample(steps, len(steps)):
                     times[name].append(step())
                 # the disk's figure is the faster way of writing to it in this round
                 times["write_fsync"].append(min(times["write_buffered"][-1], times["write_direct"][-1]))
-                print(f"  round {r + 1}: " + ", ".join(f"{k} {mb_s(size, v[-1]):.0f} MB/s" for k, v in times.items()))
+                print(f"  round {r + 1}: " + ", ".join(f"{k} {mb_s(size, v[-1]):.0f} MB/s" for k, v in times.items() if v))
+            times["naive"].append(naive(url, folder))
         finally:
             server.terminate()
             server.wait()
