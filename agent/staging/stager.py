@@ -62,6 +62,7 @@ class StagingConfig:
     direct_io: bool = True  # aligned chunks skip the page cache (O_DIRECT) where the filesystem allows
     early_writeback: bool = True  # sync_file_range after each buffered slice (Linux): a short final fsync
     pin_threads: bool = True  # hash thread on a CPU of its own, receive/write on the others (`affinity`)
+    nice: int = 0  # added to the hash and write workers' niceness, so serving keeps its CPU (`affinity`)
     deadline_s: float = 3600.0
     min_speed_bytes_per_s: float = 16 * 1024
     min_speed_grace_s: float = 10.0
@@ -242,7 +243,8 @@ class Stager:
         steps per megabyte. The write worker sends aligned buffers straight to the disk (direct I/O)
         and starts writeback of anything it writes through the page cache, so the final fsync has
         little left to do (`diskio`). With two or more CPUs the hash worker is pinned to one of them
-        and the receiving and writing threads to the others, until the download ends (`affinity`).
+        and the receiving and writing threads to the others, until the download ends; with `nice` the
+        workers run reniced, so a device's inference keeps the CPU it needs (`affinity`).
         """
         cfg = self.config
         ring = BufferRing(max(2, cfg.buffers), cfg.chunk_bytes)
@@ -274,8 +276,10 @@ class Stager:
         hash_cpus = split.hash_cpus if split else None
         io_cpus = split.io_cpus if split else None
         workers = [
-            threading.Thread(target=affinity.pinning_target(hash_worker, hash_cpus), name="stager-hash", daemon=True),
-            threading.Thread(target=affinity.pinning_target(write_worker, io_cpus), name="stager-write", daemon=True),
+            threading.Thread(target=affinity.worker_target(hash_worker, hash_cpus, cfg.nice), name="stager-hash",
+                             daemon=True),
+            threading.Thread(target=affinity.worker_target(write_worker, io_cpus, cfg.nice), name="stager-write",
+                             daemon=True),
         ]
         for worker in workers:
             worker.start()

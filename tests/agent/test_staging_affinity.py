@@ -92,20 +92,26 @@ def test_pinned_restores_the_callers_affinity_when_the_body_raises() -> None:
     assert os.sched_getaffinity(0) == before
 
 
-def observe_staging(tmp_path: Path, pin: bool) -> tuple[list[tuple[frozenset[int], frozenset[int]]], frozenset[int]]:
-    """Stage 24 MiB over loopback HTTP; at each progress step record (hash thread's CPUs, caller's CPUs)."""
+Seen = list[tuple[frozenset[int], frozenset[int], int, int]]
+
+
+def observe_staging(tmp_path: Path, pin: bool, nice: int = 10) -> tuple[Seen, frozenset[int]]:
+    """Stage 24 MiB over loopback HTTP; at each progress step record the hash thread's and the caller's
+    CPUs and niceness."""
     data = os.urandom(24 << 20)
     target = SignedTarget("models/m/1/ort-fp32.onnx", len(data), hashlib.sha256(data).hexdigest(), {})
-    seen: list[tuple[frozenset[int], frozenset[int]]] = []
+    seen: Seen = []
 
     def progress(done: int, total: int) -> None:
         hashers = [t for t in threading.enumerate() if t.name == "stager-hash" and t.native_id is not None]
         assert len(hashers) == 1
         assert hashers[0].native_id is not None
-        seen.append((frozenset(os.sched_getaffinity(hashers[0].native_id)), frozenset(os.sched_getaffinity(0))))
+        tid = hashers[0].native_id
+        seen.append((frozenset(os.sched_getaffinity(tid)), frozenset(os.sched_getaffinity(0)),
+                     os.getpriority(os.PRIO_PROCESS, tid), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
 
     stager = Stager(tmp_path / "staging", FileSlotStore(tmp_path),
-                    config=StagingConfig(reserve_bytes=0, pin_threads=pin))
+                    config=StagingConfig(reserve_bytes=0, pin_threads=pin, nice=nice))
 
     class Url:
         def url_for(self, t: SignedTarget, fresh: bool = False) -> str:
@@ -117,20 +123,24 @@ def observe_staging(tmp_path: Path, pin: bool) -> tuple[list[tuple[frozenset[int
     return seen, frozenset(os.sched_getaffinity(0))
 
 
-def test_a_download_hashes_on_its_own_cpu_and_gives_the_caller_its_cpus_back(tmp_path: Path) -> None:
+def test_a_download_hashes_on_its_own_cpu_at_lower_priority_and_gives_the_caller_its_cpus_back(
+        tmp_path: Path) -> None:
     before = allowed_cpus()
+    own_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     split = affinity.plan()
     assert split is not None and split.hash_cpus | split.io_cpus == before
     seen, after = observe_staging(tmp_path, pin=True)
     assert seen, "no progress reported"
-    # the first report can come before the hash thread has pinned itself; from then on it stays pinned
-    assert seen[-1] == (split.hash_cpus, split.io_cpus)
-    assert all(caller == split.io_cpus for _, caller in seen)
+    # the first report can come before the hash thread has set itself up; from then on it stays so
+    assert seen[-1] == (split.hash_cpus, split.io_cpus, min(19, own_nice + 10), own_nice)
+    assert all(caller == split.io_cpus and caller_nice == own_nice for _, caller, _, caller_nice in seen)
     assert after == before
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own_nice
 
 
-def test_without_pinning_no_thread_is_restricted(tmp_path: Path) -> None:
+def test_without_pinning_or_renicing_no_thread_is_changed(tmp_path: Path) -> None:
     before = allowed_cpus()
-    seen, after = observe_staging(tmp_path, pin=False)
-    assert seen and all(hasher == before and caller == before for hasher, caller in seen)
+    own_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen, after = observe_staging(tmp_path, pin=False, nice=0)
+    assert seen and all(s == (before, before, own_nice, own_nice) for s in seen)
     assert after == before
