@@ -87,6 +87,12 @@ class DaemonConfig:
     hardware_probe_root: Path = Path("/")
     gate_timeout_s: float = 300.0
     gate_latency_rounds: int = 300
+    # Downloads (`agent.staging.StagingConfig`): the same defaults; `nice` > 0 lets serving keep its CPU.
+    staging_nice: int = 0
+    staging_pin_threads: bool = True
+    staging_deadline_s: float = 3600.0
+    staging_min_speed_bytes_per_s: float = 16 * 1024
+    staging_reserve_bytes: int = 64 * 1024 * 1024
     probation_poll_interval_s: float = 1.0
     trust_raise_floor_on_commit: bool = False
     telemetry_enabled: bool = True
@@ -163,6 +169,11 @@ FIELDS: Mapping[str, tuple[str, bool]] = {
     "hardware_probe_root": ("path", False),
     "gate_timeout_s": ("float", False),
     "gate_latency_rounds": ("int", False),
+    "staging_nice": ("int", False),
+    "staging_pin_threads": ("bool", False),
+    "staging_deadline_s": ("float", False),
+    "staging_min_speed_bytes_per_s": ("float", False),
+    "staging_reserve_bytes": ("int", False),
     "probation_poll_interval_s": ("float", False),
     "trust_raise_floor_on_commit": ("bool", False),
     "telemetry_enabled": ("bool", False),
@@ -344,7 +355,8 @@ def _check(c: DaemonConfig) -> None:
                 "telemetry_batch_every_s": c.telemetry_batch_every_s,
                 "capture_upload_every_s": c.capture_upload_every_s,
                 "capture_upload_max_backoff_s": c.capture_upload_max_backoff_s,
-                "capture_spool_max_bytes": c.capture_spool_max_bytes}
+                "capture_spool_max_bytes": c.capture_spool_max_bytes, "staging_deadline_s": c.staging_deadline_s,
+                "staging_min_speed_bytes_per_s": c.staging_min_speed_bytes_per_s}
     for key, number in positive.items():
         if not number > 0:
             raise ConfigError(f"{key} must be positive, got {number}")
@@ -354,6 +366,10 @@ def _check(c: DaemonConfig) -> None:
     if c.cert_renewal_check_every_s != 0 and not 60 <= c.cert_renewal_check_every_s <= 30 * 86400:
         raise ConfigError("cert_renewal_check_every_s must be 0 (off) or within 60..2592000 s, "
                           f"got {c.cert_renewal_check_every_s}")
+    if not 0 <= c.staging_nice <= 19:
+        raise ConfigError(f"staging_nice must be within 0..19, got {c.staging_nice}")
+    if c.staging_reserve_bytes < 0:
+        raise ConfigError(f"staging_reserve_bytes must not be negative, got {c.staging_reserve_bytes}")
     if c.server_max_queue_delay_ms < 0:
         raise ConfigError(f"server_max_queue_delay_ms must not be negative, got {c.server_max_queue_delay_ms}")
     if c.log_level.upper() not in _LOG_LEVELS:

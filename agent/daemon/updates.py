@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from agent.daemon.capture import CaptureWiring
     from agent.engine import UpdateEngine
     from agent.hardware.profile import HardwareProfile
-    from agent.state.ports import ActiveModel
+    from agent.state.ports import ActiveModel, EngineConfig
     from agent.telemetry import TelemetryLoop
     from manifests.client import TrustClient
     from manifests.verify import VerifiedPlan
@@ -257,7 +257,8 @@ class UpdateWorker:
                                work_dir=c.engine_root / "gate", cache_dir=c.engine_root / "engine-cache",
                                intra_op_threads=c.server_threads)
             self._engine = UpdateEngine(c.engine_root, profile, BaseUrlLocator(c.repository_targets_url), gate,
-                                        self.serving, self.serving, self.reporter, slots=self.slots)
+                                        self.serving, self.serving, self.reporter, slots=self.slots,
+                                        config=engine_config(c))
         return self._engine
 
     def _get_trust(self) -> TrustClient:
@@ -266,3 +267,13 @@ class UpdateWorker:
 
             self._trust = TrustClient(self.config.trust_path, ImageRepoSource(self.config.repository_metadata_url))
         return self._trust
+
+
+def engine_config(c: DaemonConfig) -> EngineConfig:
+    """The update engine's settings from the device config (its `[staging]` section)."""
+    from agent.staging import StagingConfig
+    from agent.state.ports import EngineConfig
+
+    return EngineConfig(staging=StagingConfig(
+        nice=c.staging_nice, pin_threads=c.staging_pin_threads, deadline_s=c.staging_deadline_s,
+        min_speed_bytes_per_s=c.staging_min_speed_bytes_per_s, reserve_bytes=c.staging_reserve_bytes))

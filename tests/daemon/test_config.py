@@ -31,6 +31,19 @@ def test_toml_sections_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert c.mqtt_host == "127.0.0.1" and c.hardware_probe_root == Path("/")
 
 
+def test_staging_section_reaches_the_update_engine(tmp_path: Path) -> None:
+    from agent.daemon.updates import engine_config
+    from agent.staging import StagingConfig
+
+    assert engine_config(load_config(write(tmp_path, BASE), environ={})).staging == StagingConfig()
+    c = load_config(write(tmp_path, BASE + "[staging]\nnice = 10\npin_threads = false\ndeadline_s = 900\n"
+                                         "min_speed_bytes_per_s = 4096\nreserve_bytes = 0\n"),
+                    environ={"EDGEFLEET_AGENT_STAGING_NICE": "5"})
+    staging = engine_config(c).staging
+    assert (staging.nice, staging.pin_threads, staging.deadline_s, staging.min_speed_bytes_per_s,
+            staging.reserve_bytes) == (5, False, 900.0, 4096.0, 0)
+
+
 def test_json_file_and_environment_override_it(tmp_path: Path) -> None:
     doc = {"device_id": "edge-7", "state_dir": str(tmp_path / "s"),
            "repository": {"metadata_url": "file:///repo/metadata/", "targets_url": "file:///repo/"}}
@@ -71,6 +84,10 @@ def test_enrollment_record_supplies_identity_and_broker(tmp_path: Path) -> None:
     (BASE.replace("edge-7", "edge/7"), "device_id must match"),
     (BASE.replace("http://127.0.0.1:8080/repo/\"", "ftp://x/\""), "repository_targets_url must be an http(s)://"),
     (BASE + "[gate]\ntimeout_s = -1\n", "gate_timeout_s must be positive"),
+    (BASE + "[staging]\nnice = 20\n", "staging_nice must be within 0..19, got 20"),
+    (BASE + "[staging]\nreserve_bytes = -1\n", "staging_reserve_bytes must not be negative"),
+    (BASE + "[staging]\nmin_speed_bytes_per_s = 0\n", "staging_min_speed_bytes_per_s must be positive"),
+    (BASE + "[staging]\npin_threads = \"maybe\"\n", "staging_pin_threads must be a bool"),
     (BASE + "[trust]\ndirector_root_file = \"d.json\"\n", "go together"),
     (BASE + "[hardware]\nprobe_root = \"no-such-tree\"\n", "is not a folder"),
     ("log_level = \"LOUD\"\n" + BASE, "log_level must be one of"),
