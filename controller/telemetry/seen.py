@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.background import Periodic
 from controller.devices import record_seen
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,11 @@ class SeenRecorder:
         self.stats: Counter[str] = Counter()
         self._pending: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._rounds = Periodic(self.flush, every_s=every_s, what="telemetry-seen")
 
     def note(self, device_ids: Iterable[str], received_at: float) -> None:
         """The writer's side: these devices sent a stored batch received at `received_at` (epoch s)."""
-        with self._lock:
-            pending = self._pending
-            for device_id in device_ids:
-                if pending.get(device_id, 0.0) < received_at:
-                    pending[device_id] = received_at
+        self.note_again(dict.fromkeys(device_ids, received_at))
 
     def flush(self) -> int:
         """Write what was noted since the last round; returns how many devices came back online."""
@@ -67,25 +63,16 @@ class SeenRecorder:
         self.stats["back_online"] += len(back)
         return len(back)
 
-    def note_again(self, pending: dict[str, float]) -> None:
+    def note_again(self, pending: Mapping[str, float]) -> None:
+        """Merge receive times per device, keeping each device's newest (a failed round's senders too)."""
         with self._lock:
             for device_id, received_at in pending.items():
                 if self._pending.get(device_id, 0.0) < received_at:
                     self._pending[device_id] = received_at
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.flush()
-
     def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="telemetry-seen", daemon=True)
-            self._thread.start()
+        self._rounds.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10.0)
-            self._thread = None
+        self._rounds.stop()
         self.flush()  # what the writer noted last
