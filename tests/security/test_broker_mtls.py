@@ -17,12 +17,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from fastapi.testclient import TestClient
 
-from agent.enroll import Identity, enroll
+from agent.enroll import Identity
 from agent.renewal import renew
-from controller.app import create_app
-from controller.auth import create_api_token
 from controller.enrollment.ca import FleetCA
 from controller.mqtt.mosquitto_auth import acl_file
 from controller.security.broker_tls import (
@@ -34,8 +31,7 @@ from controller.security.broker_tls import (
 )
 from controller.security.crl import install_crl
 from controller.security.files import write_private
-from controller.settings import Settings
-from tests.provisioning.harness import ServedApp
+from tests.security.enrolled_broker import enrolled_device_on_mtls_broker
 from tests.security.tls_clients import ClientFiles, TlsClient, issue_client
 from tests.services import HOST, Mosquitto, free_port, wait_until
 
@@ -245,60 +241,40 @@ def _pair_copy(identity: Identity, folder: Path, name: str) -> ClientFiles:
 def test_after_renewal_the_device_connects_with_the_new_certificate_and_the_superseded_one_is_refused(
     tmp_path: Path, security_keyring: Path, mosquitto_factory: Callable[..., Mosquitto]
 ) -> None:
-    api_port = free_port()
-    url = f"http://{HOST}:{api_port}"
-    settings = Settings(state_dir=tmp_path / "controller", database_url=f"sqlite:///{tmp_path / 'c.db'}",
-                        keys_dir=security_keyring, public_url=url)
-    app = create_app(settings)
-    served = ServedApp(app, api_port)
-    served.start()
     clients: list[TlsClient] = []
-    try:
-        with app.state.ctx.session_factory() as session:
-            _, admin = create_api_token(session, name="admin", role="admin")
-            session.commit()
-        api = TestClient(app)  # no lifespan: the served app runs it
-        headers = {"Authorization": f"Bearer {admin}"}
-        token = api.post("/api/v1/enrollment-tokens", json={}, headers=headers).json()["token"]
-        identity = Identity(tmp_path / "device")
-        enroll(identity.state_dir, url, token, requested_id="dev-mtls-1")
+    with enrolled_device_on_mtls_broker(tmp_path, security_keyring, mosquitto_factory, "dev-mtls-1") as env:
+        api, headers, identity, tls, broker, mqtt_port = (env.api, env.headers, env.identity, env.tls, env.broker,
+                                                          env.mqtt_port)
+        try:
+            def connects(files: ClientFiles) -> bool:
+                client = TlsClient(HOST, mqtt_port, tls.ca_file, files, files.name)
+                clients.append(client)
+                ok = client.connect(timeout_s=5)
+                client.close()
+                return ok
 
-        ca_dir = settings.resolved_ca_dir
-        tls = write_broker_tls(ca_dir, tmp_path / "broker-tls", [HOST, "localhost"], crl_pem=app.state.ctx.ca.crl_pem([]))
-        mqtt_port = free_port()
-        broker = mosquitto_factory(acl=acl_file([CONTROLLER_IDENTITY]), allow_anonymous=False,
-                                   extra_conf=device_listener_conf(tls, port=mqtt_port, bind_address=HOST))
+            def install_controller_crl() -> None:
+                crl = api.get("/api/v1/ca/crl", headers=headers).text
+                if install_crl(crl.encode(), tls.ca_file.read_bytes(), tls.crl_file):
+                    broker.restart()
 
-        def connects(files: ClientFiles) -> bool:
-            client = TlsClient(HOST, mqtt_port, tls.ca_file, files, files.name)
-            clients.append(client)
-            ok = client.connect(timeout_s=5)
-            client.close()
-            return ok
+            enrolled = _pair_copy(identity, tmp_path / "pairs", "dev-mtls-1")
+            first = renew(identity)
+            renewed = ClientFiles("dev-mtls-1", identity.cert_path, identity.key_path, first.serial)
+            assert first.previous_serial == enrolled.serial_hex
+            assert connects(renewed)
+            install_controller_crl()
+            assert connects(enrolled)  # the overlap: a device that never stored its new pair is not locked out
 
-        def install_controller_crl() -> None:
-            crl = api.get("/api/v1/ca/crl", headers=headers).text
-            if install_crl(crl.encode(), tls.ca_file.read_bytes(), tls.crl_file):
-                broker.restart()
+            second = renew(identity)  # proven with the first renewal's key: the enrolled certificate is retired
+            install_controller_crl()
+            assert not connects(enrolled)
+            assert connects(ClientFiles("dev-mtls-1", identity.cert_path, identity.key_path, second.serial))
 
-        enrolled = _pair_copy(identity, tmp_path / "pairs", "dev-mtls-1")
-        first = renew(identity)
-        renewed = ClientFiles("dev-mtls-1", identity.cert_path, identity.key_path, first.serial)
-        assert first.previous_serial == enrolled.serial_hex
-        assert connects(renewed)
-        install_controller_crl()
-        assert connects(enrolled)  # the overlap: a device that never stored its new pair is not locked out
-
-        second = renew(identity)  # proven with the first renewal's key: the enrolled certificate is retired
-        install_controller_crl()
-        assert not connects(enrolled)
-        assert connects(ClientFiles("dev-mtls-1", identity.cert_path, identity.key_path, second.serial))
-
-        r = api.post("/api/v1/devices/dev-mtls-1/revoke", json={"reason": "stolen"}, headers=headers)
-        assert r.status_code == 200
-        install_controller_crl()
-        assert not connects(ClientFiles("dev-mtls-1", identity.cert_path, identity.key_path, second.serial))
-    finally:
-        for client in clients:
-            client.close()
-        served.stop()
+            r = api.post("/api/v1/devices/dev-mtls-1/revoke", json={"reason": "stolen"}, headers=headers)
+            assert r.status_code == 200
+            install_controller_crl()
+            assert not connects(ClientFiles("dev-mtls-1", identity.cert_path, identity.key_path, second.serial))
+        finally:
+            for client in clients:
+                client.close()
