@@ -144,6 +144,15 @@ def test_floor_rejects_but_keeps_the_record(digits_cnn: SampleModel, tmp_path: P
     assert [v.variant_id for v in report.offered()] == ["tensorrt-fp16"]
 
 
+def _build_fp32_and_int8(model: bytes, inputs: np.ndarray, store: LocalArtifactStore, name: str) -> BuildReport:
+    """A hand-built model with a golden set whose labels are its own argmax, built as fp32 and dynamic int8."""
+    buffer = io.BytesIO()
+    np.savez(buffer, inputs=inputs, labels=inputs.argmax(1))
+    return build_variants(model, buffer.getvalue(), store, model=name, version="1",
+                          options=BuildOptions(latency_runs=3, int8_method="dynamic",
+                                               variants=("onnxruntime-fp32", "onnxruntime-int8")))
+
+
 def test_failed_variant_is_recorded_and_others_continue(tmp_path: Path) -> None:
     """Dynamic int8 of a float16 MatMul yields a graph ONNX Runtime refuses: recorded as failed, no artifact,
     and the other variants are built anyway."""
@@ -154,14 +163,9 @@ def test_failed_variant_is_recorded_and_others_continue(tmp_path: Path) -> None:
         [helper.make_node("MatMul", ["input", "w"], ["probabilities"])], "half",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["n", 4])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT16, ["n", 4])], [weights])
-    model = portable_model(graph)
-    buffer = io.BytesIO()
-    inputs = np.random.default_rng(0).random((8, 4)).astype(np.float16)
-    np.savez(buffer, inputs=inputs, labels=inputs.argmax(1))
     store = LocalArtifactStore(tmp_path)
-    report = build_variants(model.SerializeToString(), buffer.getvalue(), store, model="half", version="1",
-                            options=BuildOptions(latency_runs=3, int8_method="dynamic",
-                                                 variants=("onnxruntime-fp32", "onnxruntime-int8")))
+    report = _build_fp32_and_int8(portable_model(graph).SerializeToString(),
+                                  np.random.default_rng(0).random((8, 4)).astype(np.float16), store, "half")
     int8 = report.variant("onnxruntime-int8")
     assert int8.status == "failed" and int8.key is None and not int8.offered
     assert int8.reason is not None and int8.reason.startswith("evaluation_failed")
@@ -199,13 +203,9 @@ def test_variants_carry_the_lowest_ir_version_of_their_opset(tmp_path: Path) -> 
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 4])], [weights])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert model.ir_version > helper.find_min_ir_version_for(list(model.opset_import))
-    buffer = io.BytesIO()
-    inputs = np.random.default_rng(0).random((16, 4)).astype(np.float32)
-    np.savez(buffer, inputs=inputs, labels=inputs.argmax(1))
     store = LocalArtifactStore(tmp_path)
-    report = build_variants(model.SerializeToString(), buffer.getvalue(), store, model="ir", version="1",
-                            options=BuildOptions(latency_runs=3, int8_method="dynamic",
-                                                 variants=("onnxruntime-fp32", "onnxruntime-int8")))
+    report = _build_fp32_and_int8(model.SerializeToString(),
+                                  np.random.default_rng(0).random((16, 4)).astype(np.float32), store, "ir")
     for variant in report.variants:
         assert variant.status == "ready" and variant.key is not None, (variant.variant_id, variant.reason)
         built = onnx.load_model_from_string(store.read_bytes(variant.key))
