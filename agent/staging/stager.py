@@ -207,10 +207,13 @@ class Stager:
             if stream.announced_length is not None and stream.start + stream.announced_length > target.length:
                 raise IntegrityError(f"{target.name}: source announces {stream.start + stream.announced_length} "
                                      f"bytes, signed length is {target.length}")
-            with open(part, "r+b" if part.exists() else "wb", buffering=0) as out:
+            split = affinity.plan() if self.config.pin_threads else None
+            # the receiving thread (this one) runs on the I/O CPUs and gets its own affinity back afterwards
+            with open(part, "r+b" if part.exists() else "wb", buffering=0) as out, \
+                    affinity.pinned(split.io_cpus if split else None):
                 out.truncate(offset)
                 out.seek(offset)
-                received = self._pump(target, stream, part, out, hasher, offset, deadline, progress)
+                received = self._pump(target, stream, part, out, hasher, offset, deadline, progress, split)
                 out.flush()
                 os.fsync(out.fileno())
         except IntegrityError:
@@ -233,7 +236,7 @@ class Stager:
         return received
 
     def _pump(self, target: SignedTarget, src: FetchStream, part: Path, out: io.FileIO, hasher: hashlib._Hash,
-              offset: int, deadline: float, progress: ProgressHook | None) -> int:
+              offset: int, deadline: float, progress: ProgressHook | None, split: affinity.CpuSplit | None) -> int:
         """Receive on this thread into a small ring of large buffers; hash and write them on two workers.
 
         Receiving, hashing and writing each release the GIL, so on two or more cores the three overlap
@@ -272,7 +275,6 @@ class Stager:
                 finally:
                     ring.release(index)
 
-        split = affinity.plan() if cfg.pin_threads else None
         hash_cpus = split.hash_cpus if split else None
         io_cpus = split.io_cpus if split else None
         workers = [
@@ -283,50 +285,49 @@ class Stager:
         ]
         for worker in workers:
             worker.start()
-        with affinity.pinned(io_cpus):  # the receiving thread gets its own affinity back afterwards
-            position = offset
-            received = 0
-            started = self.monotonic()
-            ended = False
-            broken: TransferError | None = None
-            try:
-                while not ended and broken is None and not failure:
-                    index = ring.acquire()
-                    buffer = ring.views[index]
-                    filled = 0
-                    while filled < len(buffer):
-                        # Never ask for more than one byte past the signed length: endless data stops here.
-                        want = min(len(buffer) - filled, target.length - position - filled + 1)
-                        try:
-                            n = src.readinto(buffer[filled:filled + want])
-                        except TransferError as e:
-                            # What arrived before the break is still written, so a resume starts after it.
-                            broken = e
-                            break
-                        if n == 0:
-                            ended = True
-                            break
-                        filled += n
-                        if position + filled > target.length:
-                            ring.release(index, both=True)
-                            raise IntegrityError(
-                                f"{target.name}: source sent more than the signed {target.length} bytes")
-                        self._check_pace(target, position + filled, received + filled, started, deadline)
-                    if filled == 0:
+        position = offset
+        received = 0
+        started = self.monotonic()
+        ended = False
+        broken: TransferError | None = None
+        try:
+            while not ended and broken is None and not failure:
+                index = ring.acquire()
+                buffer = ring.views[index]
+                filled = 0
+                while filled < len(buffer):
+                    # Never ask for more than one byte past the signed length: endless data stops here.
+                    want = min(len(buffer) - filled, target.length - position - filled + 1)
+                    try:
+                        n = src.readinto(buffer[filled:filled + want])
+                    except TransferError as e:
+                        # What arrived before the break is still written, so a resume starts after it.
+                        broken = e
+                        break
+                    if n == 0:
+                        ended = True
+                        break
+                    filled += n
+                    if position + filled > target.length:
                         ring.release(index, both=True)
-                        continue
-                    hash_queue.put((index, filled))
-                    write_queue.put((index, filled))
-                    position += filled
-                    received += filled
-                    if progress is not None:
-                        progress(position, target.length)
-            finally:
-                hash_queue.put(None)
-                write_queue.put(None)
-                for worker in workers:
-                    worker.join()
-                writer.close()
+                        raise IntegrityError(
+                            f"{target.name}: source sent more than the signed {target.length} bytes")
+                    self._check_pace(target, position + filled, received + filled, started, deadline)
+                if filled == 0:
+                    ring.release(index, both=True)
+                    continue
+                hash_queue.put((index, filled))
+                write_queue.put((index, filled))
+                position += filled
+                received += filled
+                if progress is not None:
+                    progress(position, target.length)
+        finally:
+            hash_queue.put(None)
+            write_queue.put(None)
+            for worker in workers:
+                worker.join()
+            writer.close()
         if failure:
             raise failure[0]
         if broken is not None:
